@@ -1,0 +1,129 @@
+"""Crash-safe file writing and hashing. Every file a stage writes goes through here.
+
+A write goes to a temporary file in the same folder, is fsynced, then ``os.replace``d over the target: a kill
+at any moment leaves either the complete old or the complete new file. Temp files carry a recognisable prefix so
+``clean_stale_temp`` can remove leftovers of a killed run at the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TEMP_PREFIX = ".synthloop-tmp-"
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path``; on clean exit fsync it and replace ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def safe_csv_cell(value: Any) -> Any:
+    """Neutralise spreadsheet formula injection: prefix a quote to text starting with = + - @ tab or CR.
+
+    Numbers are left alone (a negative number is data, not a formula).
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_LEAD):
+        return "'" + value
+    return value
+
+
+def atomic_write_csv(path: Path | str, df: "Any", *, neutralise: bool = True) -> None:
+    """Write a DataFrame as CSV atomically, text cells neutralised against formula injection."""
+    if neutralise:
+        df = df.copy()
+        for col in df.columns:
+            if df[col].dtype == object or str(df[col].dtype).startswith("string"):
+                df[col] = df[col].map(safe_csv_cell)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, lineterminator="\n")
+    atomic_write_text(path, buf.getvalue())
+
+
+def save_png_atomic(image: "Any", path: Path | str) -> bytes:
+    """Save a PIL image as PNG atomically (deterministic bytes: no timestamps); return the bytes written."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return data
+
+
+def clean_stale_temp(folder: Path | str) -> int:
+    """Delete temp files a killed run left below ``folder``; return how many."""
+    folder = Path(folder)
+    if not folder.exists():
+        return 0
+    n = 0
+    for p in folder.rglob(TEMP_PREFIX + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_hash(folder: Path | str) -> str:
+    """Content hash of a folder: relative paths and file hashes, order-independent of the file system."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file() and not q.name.startswith(TEMP_PREFIX)):
+        h.update(p.relative_to(folder).as_posix().encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()

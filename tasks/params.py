@@ -1,0 +1,274 @@
+"""The one typed params model: ``params.yaml`` is parsed here and nowhere else.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a typo or a wrong type fails at load time
+with the offending key in the message, not after an hour of GPU. One sub-model per stage (named as the stage)
+plus ``paths``. Cross-field rules live in validators.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Like DVC, everything is relative to the project directory the command runs in (where dvc.yaml lives).
+PARAMS_FILE = "params.yaml"
+
+#: The stages of the loop, in DAG order. One name everywhere: tasks/<stage>.py, params section, dvc.yaml stage,
+#: output folder under data/. flows/pipeline.py and dvc.yaml must list exactly these (tested).
+STAGES: tuple[str, ...] = (
+    "phantom",
+    "ingest",
+    "caption",
+    "pretrain",
+    "dreambooth",
+    "generate",
+    "baseline",
+    "predict",
+    "review",
+    "retrain",
+    "evaluate",
+)
+
+
+class ParamsError(ValueError):
+    """Invalid params: the message names the file, the key and what is wrong."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Section):
+    """Where each stage writes. Relative paths are relative to the repo root (where dvc.yaml lives)."""
+
+    phantom: Path
+    raw: Path
+    ingest: Path
+    caption: Path
+    pretrain: Path
+    dreambooth: Path
+    generate: Path
+    baseline: Path
+    predict: Path
+    review: Path
+    retrain: Path
+    evaluate: Path
+    reports: Path
+    metrics: Path
+
+    def resolve(self, root: Path) -> "Paths":
+        """Return a copy with every relative path anchored at ``root``."""
+        return Paths(**{k: (v if v.is_absolute() else root / v) for k, v in self.__dict__.items()})
+
+
+class Phantom(_Section):
+    """Procedural hip-phantom X-rays: the embedded default data set, labels known by construction."""
+
+    classes: tuple[str, ...] = ("small", "big")
+    thresholds: tuple[float, ...] = (105.0,)
+    angle_range: tuple[float, float] = (88.0, 122.0)
+    image_size: int = Field(64, ge=32, le=1024)
+    per_class: int = Field(320, ge=1)
+    unlabeled: int = Field(3000, ge=0)
+
+    @model_validator(mode="after")
+    def _classes_match_thresholds(self) -> "Phantom":
+        if len(self.classes) < 2:
+            raise ValueError("phantom.classes needs at least two classes")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"phantom.classes has duplicates: {list(self.classes)}")
+        if len(self.thresholds) != len(self.classes) - 1:
+            raise ValueError(
+                f"phantom.thresholds needs len(classes)-1 = {len(self.classes) - 1} cut points, "
+                f"got {len(self.thresholds)}"
+            )
+        if list(self.thresholds) != sorted(self.thresholds):
+            raise ValueError("phantom.thresholds must be increasing")
+        lo, hi = self.angle_range
+        if not lo < self.thresholds[0] <= self.thresholds[-1] < hi:
+            raise ValueError(f"phantom.thresholds must lie inside angle_range {list(self.angle_range)}")
+        return self
+
+
+class Split(_Section):
+    train: float = Field(0.1, gt=0, lt=1)
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.7, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "Split":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"ingest.split fractions must sum to 1, got {total:.4f}")
+        return self
+
+
+class Ingest(_Section):
+    image_size: int = Field(64, ge=16, le=2048)
+    channels: Literal[1, 3] = 1
+    split: Split = Split()
+    near_duplicate_distance: int = Field(4, ge=0, le=64)
+    max_pixels: int = Field(50_000_000, ge=1)
+
+
+class Caption(_Section):
+    template: str = "X-ray of a dog hip, {label} hip angle"
+    thing: str = "hip xray"
+    instance_token: str = "zwx"
+
+    @field_validator("instance_token")
+    @classmethod
+    def _one_word(cls, v: str) -> str:
+        if not v or " " in v:
+            raise ValueError("caption.instance_token must be a single word such as 'zwx'")
+        return v
+
+
+class Pretrain(_Section):
+    base_model: str = "tiny"
+    steps: int = Field(1500, ge=0)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-4, gt=0)
+    caption: str = "X-ray of a dog hip"
+
+
+class Dreambooth(_Section):
+    caption_mode: Literal["class", "per_image"] = "class"
+    mode: Literal["full", "lora"] = "full"
+    steps: int = Field(400, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    prior_preservation: bool = True
+    prior_loss_weight: float = Field(1.0, ge=0)
+    num_class_images: int = Field(64, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    checkpoints_total_limit: int = Field(2, ge=1)
+    resume: Literal["none", "latest"] = "none"
+    validation_every: int = Field(200, ge=1)
+
+
+class Generate(_Section):
+    num_images: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    guidance_scale: float = Field(8.0, ge=0)
+    num_inference_steps: int = Field(20, ge=1)
+    scheduler: Literal["ddim", "dpm++", "euler", "pndm"] = "ddim"
+    negative_prompt: str = ""
+    shard_size: int = Field(250, ge=1)
+    engine: Literal["local", "dask"] = "local"
+
+
+class Baseline(_Section):
+    backbone: str = "custom_cnn"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+
+
+class Predict(_Section):
+    batch_size: int = Field(128, ge=1)
+
+
+class Review(_Section):
+    mode: Literal["manual", "accept-confident", "reference"] = "reference"
+    confidence_threshold: float = Field(0.95, gt=0, le=1)
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+
+
+class Retrain(_Section):
+    synthetic_ratio: float = Field(4.0, ge=0)
+    synthetic_weight: float = Field(1.0, ge=0)
+
+
+class Evaluate(_Section):
+    backbones: tuple[str, ...] = ("custom_cnn",)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+    @field_validator("seeds")
+    @classmethod
+    def _enough_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("evaluate.seeds needs at least two distinct seeds for a confidence interval")
+        return v
+
+
+class Params(_Section):
+    """The whole of params.yaml."""
+
+    seed: int = 100
+    profile: str = "embedded"
+    paths: Paths
+    phantom: Phantom = Phantom()
+    ingest: Ingest = Ingest()
+    caption: Caption = Caption()
+    pretrain: Pretrain = Pretrain()
+    dreambooth: Dreambooth = Dreambooth()
+    generate: Generate = Generate()
+    baseline: Baseline = Baseline()
+    predict: Predict = Predict()
+    review: Review = Review()
+    retrain: Retrain = Retrain()
+    evaluate: Evaluate = Evaluate()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names of the loop. For user data, ingest discovers them; they must match phantom.classes."""
+        return self.phantom.classes
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``section.key`` dict, as logged to MLflow."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any], source: str = "<dict>") -> Params:
+    """Validate a params dict; raise ParamsError with every problem listed by key."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"invalid params in {source}: expected a mapping at the top level")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_error(source, err)) from None
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Load params from ``path``, else ``params.yaml`` in the working directory (as DVC does).
+
+    Profiles (configs/*.yaml) are complete params files: copy one over params.yaml so DVC and the code read
+    the same file (see README, "Profiles").
+    """
+    path = Path(path or PARAMS_FILE)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
+    return parse_params(data, str(path))

@@ -1,0 +1,109 @@
+"""The thin entry point every stage shares: ``python -m tasks.<stage>`` → ``cli_main("<stage>")``.
+
+It loads params.yaml, works out the stage's inputs and output folder from ``params.paths`` (the same paths
+dvc.yaml's deps and outs use — tested), opens the MLflow stage run, calls the stage's ``run()``, and writes the
+returned metrics to ``metrics/<stage>.json`` and MLflow. No CLI flag repeats a params key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.io import atomic_write_json
+from tasks.params import STAGES, Params, ParamsError, load_params
+from tasks.validation import ValidationFailed
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a stage that stopped on purpose and waits for a person (the review checkpoint).
+EXIT_WAITING = 3
+
+
+class StageError(RuntimeError):
+    """A stage failed for a reason the user can act on; the message says what and how."""
+
+
+class WaitingForReview(StageError):
+    """The loop stops at the review checkpoint until a person has reviewed (not a crash)."""
+
+
+def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
+    """Input paths of ``stage`` as keyword arguments of its ``run()``; dvc.yaml deps list the same paths."""
+    p = params.paths
+    table: dict[str, dict[str, Path]] = {
+        "phantom": {},
+        "ingest": {"raw": p.raw},
+        "caption": {"trainval": p.ingest / "trainval"},
+        "pretrain": {"pool": p.phantom / "unlabeled"},
+        "dreambooth": {"base": p.pretrain, "caption": p.caption},
+        "generate": {"model": p.dreambooth, "prompts": p.caption / "prompts.json"},
+        "baseline": {"caption": p.caption},
+        "predict": {"model": p.baseline, "generated": p.generate},
+        "review": {"predictions": p.predict, "generated": p.generate},
+        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review},
+        "evaluate": {"test": p.ingest / "test", "caption": p.caption, "generated": p.generate,
+                     "review": p.review, "baseline": p.baseline, "retrain": p.retrain},
+    }
+    return table[stage]
+
+
+def stage_output(params: Params, stage: str) -> Path:
+    return getattr(params.paths, stage)
+
+
+def write_metrics(params: Params, stage: str, metrics: dict[str, Any]) -> Path:
+    path = params.paths.metrics / f"{stage}.json"
+    atomic_write_json(path, metrics)
+    return path
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("alembic", "urllib3", "httpx", "PIL", "matplotlib", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage(stage: str, params: Params) -> Any:
+    """Run one stage with tracking and metrics; return its Outputs."""
+    from tasks.io import tree_hash
+    from tasks.tracking import stage_run
+
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+    module = importlib.import_module(f"tasks.{stage}")
+    inputs = stage_inputs(params, stage)
+    hashes = {k: tree_hash(v) if v.is_dir() else "" for k, v in inputs.items() if v.exists()}
+    start = time.perf_counter()
+    with stage_run(stage, params, hashes) as run:
+        outputs = module.run(params, **inputs, out_dir=stage_output(params, stage))
+        metrics = dict(getattr(outputs, "metrics", {}) or {})
+        metrics["stage_seconds"] = round(time.perf_counter() - start, 3)
+        run.log_metrics(metrics)
+        write_metrics(params, stage, metrics)
+    log.info("stage %s done in %.1f s", stage, metrics["stage_seconds"])
+    return outputs
+
+
+def cli_main(stage: str, argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m tasks.<stage>``: exit 0 on success, 3 when waiting for review, 1 on error."""
+    configure_logging()
+    try:
+        run_stage(stage, load_params())
+    except WaitingForReview as err:
+        log.warning("%s", err)
+        sys.exit(EXIT_WAITING)
+    except (StageError, ParamsError, ValidationFailed, FileNotFoundError) as err:
+        log.error("stage %s failed: %s\n  fix the cause, then resume with: dvc repro %s  (or: synthloop run)",
+                  stage, err, stage)
+        sys.exit(1)
+
+
+def outputs_dict(outputs: Any) -> dict[str, Any]:
+    """Outputs dataclass as a plain dict of strings/numbers (for logs and Prefect artifacts)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(outputs).items()}

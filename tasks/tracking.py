@@ -1,0 +1,134 @@
+"""MLflow tracking in one place.
+
+URI from ``MLFLOW_TRACKING_URI``, else the embedded default ``sqlite:///mlflow.db`` in the project directory
+(``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows it). One parent run per loop (opened by the flow /
+``synthloop run``, passed to stage processes as ``SYNTHLOOP_PARENT_RUN_ID``) with a nested run per stage. Every
+stage run carries the flattened params, the git SHA and content hashes of its inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "synthloop"
+PARENT_ENV = "SYNTHLOOP_PARENT_RUN_ID"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _mlflow():
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """Handle on an open MLflow run; what a stage uses to log."""
+
+    run_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if clean:
+            mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        import mlflow
+
+        path = Path(path)
+        (mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact)(str(path), artifact_path)
+
+    def log_image(self, image: Any, name: str) -> None:
+        import mlflow
+
+        mlflow.log_image(image, artifact_file=name)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        import mlflow
+
+        mlflow.log_dict(obj, name)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        import mlflow
+
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Any, input_hashes: Mapping[str, str] | None = None) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage, nested under the loop's parent run when there is one."""
+    mlflow = _mlflow()
+    parent = os.environ.get(PARENT_ENV)
+    tags = {"synthloop.stage": stage, "synthloop.profile": params.profile, "mlflow.source.git.commit": git_sha()}
+    tags.update({f"synthloop.input.{k}": v for k, v in (input_hashes or {}).items()})
+    with mlflow.start_run(run_name=stage, nested=bool(parent), parent_run_id=parent or None, tags=tags) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.flat().items()})
+        yield StageRun(run.info.run_id)
+
+
+@contextlib.contextmanager
+def loop_run(params: Any, tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+    """Open the parent run of one loop and export its id so stage processes nest under it."""
+    mlflow = _mlflow()
+    base = {"synthloop.loop": "1", "synthloop.profile": params.profile, "mlflow.source.git.commit": git_sha()}
+    base.update({k: str(v) for k, v in (tags or {}).items()})
+    with mlflow.start_run(run_name="loop", tags=base) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.flat().items()})
+        previous = os.environ.get(PARENT_ENV)
+        os.environ[PARENT_ENV] = run.info.run_id
+        try:
+            yield StageRun(run.info.run_id)
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_ENV, None)
+            else:
+                os.environ[PARENT_ENV] = previous
+
+
+def log_model_files(folder: Path, artifact_path: str, registered_name: str | None = None,
+                    alias: str | None = None) -> None:
+    """Log a model folder as run artifacts and, optionally, register it with an alias.
+
+    Registering files (not ``mlflow.pytorch.log_model``) skips MLflow's requirement inference, which spawns a
+    subprocess and costs seconds per model; the folder already holds safetensors weights and a JSON config.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.log_artifacts(str(folder), artifact_path)
+    if registered_name is None:
+        return
+    run_id = mlflow.active_run().info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", registered_name)
+    if alias:
+        MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
+
+
+def scratch_dir() -> Path:
+    """A temp folder for artifacts that only go to MLflow (never into data/)."""
+    return Path(tempfile.mkdtemp(prefix="synthloop-mlflow-"))
