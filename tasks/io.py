@@ -76,9 +76,11 @@ def safe_csv_cell(value: Any) -> Any:
 def atomic_write_csv(path: Path | str, df: "Any", *, neutralise: bool = True) -> None:
     """Write a DataFrame as CSV atomically, text cells neutralised against formula injection."""
     if neutralise:
+        from pandas.api.types import is_object_dtype, is_string_dtype
+
         df = df.copy()
         for col in df.columns:
-            if df[col].dtype == object or str(df[col].dtype).startswith("string"):
+            if is_object_dtype(df[col]) or is_string_dtype(df[col]):
                 df[col] = df[col].map(safe_csv_cell)
     buf = io.StringIO()
     df.to_csv(buf, index=False, lineterminator="\n")

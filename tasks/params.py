@@ -128,11 +128,21 @@ class Caption(_Section):
 
 
 class Pretrain(_Section):
-    base_model: str = "tiny"
-    steps: int = Field(1500, ge=0)
+    """The base generator: ``tiny`` is pretrained here on the unlabeled pool; anything else is referenced."""
+
+    base_model: str = "tiny"  # "tiny", a local diffusers folder, or a hub id (runwayml/stable-diffusion-v1-5)
+    variant: str = ""  # weight variant of a hub/folder base, e.g. "fp16" for SD1.5 ("" = default files)
+    steps: int = Field(1500, ge=0)  # UNet denoising steps on the pool
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(50, ge=0)
     caption: str = "X-ray of a dog hip"
+    caption_dropout: float = Field(0.1, ge=0, lt=1)  # empty caption this often, so CFG has an unconditional
+    vae_steps: int = Field(400, ge=0)  # the tiny VAE is first trained as an autoencoder on the pool
+    vae_batch_size: int = Field(16, ge=1)
+    vae_learning_rate: float = Field(1e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; trainable weights stay fp32
 
 
 class Dreambooth(_Section):
@@ -159,15 +169,76 @@ class Generate(_Section):
     negative_prompt: str = ""
     shard_size: int = Field(250, ge=1)
     engine: Literal["local", "dask"] = "local"
+    #: Share of each class in the generated set (keys = classes); null = balanced.
+    class_ratios: dict[str, float] | None = None
+    #: Prompt variations, cycled per class; each must contain "{prompt}" (the class's instance prompt).
+    prompt_templates: tuple[str, ...] = ()
+    #: Output size in pixels; null = the model's native size.
+    image_size: int | None = Field(None, ge=16, le=2048)
+    #: fp32 | bf16 (CPU: autocast; CUDA: weights) | fp16 (CUDA only).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: Torch CPU threads per shard worker. Fixed because CPU float results depend on the thread count.
+    cpu_threads: int = Field(2, ge=1)
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1)
+    writer_threads: int = Field(2, ge=1)
+    grid_per_class: int = Field(16, ge=1)
+    #: Frames of a latent slerp between two seeds (grids/interpolation.png); 0 = off.
+    interpolation_frames: int = Field(0, ge=0)
+
+    @field_validator("prompt_templates")
+    @classmethod
+    def _templates_have_prompt(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [t for t in v if "{prompt}" not in t]
+        if bad:
+            raise ValueError(f"generate.prompt_templates must each contain '{{prompt}}': {bad}")
+        return v
+
+    @field_validator("class_ratios")
+    @classmethod
+    def _ratios_positive(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and (not v or any(r < 0 for r in v.values()) or sum(v.values()) <= 0):
+            raise ValueError("generate.class_ratios needs non-negative shares with a positive sum")
+        return v
+
+
+#: Classifier backbones (tasks/classifier.py builds them; torchvision ones with weights=None).
+Backbone = Literal["custom_cnn", "resnet18", "resnet50", "vgg19", "vit_b_16", "inception_v3"]
+
+
+class Augment(_Section):
+    """Training-time augmentation. Rotations stay small: a large one changes the measured hip angle."""
+
+    hflip: bool = True  # left/right hip symmetry: a mirrored hip X-ray has the same label
+    max_rotation: float = Field(3.0, ge=0, le=10)
+    translate: float = Field(0.05, ge=0, le=0.3)
+    scale: tuple[float, float] = (0.95, 1.05)
+    brightness: float = Field(0.1, ge=0, le=1)
+    contrast: float = Field(0.1, ge=0, le=1)
 
 
 class Baseline(_Section):
-    backbone: str = "custom_cnn"
+    """The one training recipe (tasks/classifier.py). retrain and evaluate reuse it so arms differ only in data."""
+
+    backbone: Backbone = "custom_cnn"
+    pretrained_weights: Path | None = None  # local torchvision state dict (.safetensors or .pt); never downloaded
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(10, ge=1)  # epochs between lr drops (scheduler: step)
+    step_gamma: float = Field(0.1, gt=0, le=1)
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    focal_gamma: float = Field(2.0, ge=0)
+    class_weights: Literal["none", "balanced"] = "balanced"  # also the focal loss alpha
+    patience: int = Field(8, ge=1)  # early stopping on the validation set only
+    monitor: Literal["val_loss", "val_balanced_accuracy"] = "val_loss"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    augment: Augment = Augment()
 
 
 class Predict(_Section):
@@ -182,19 +253,52 @@ class Review(_Section):
 
 
 class Retrain(_Section):
-    synthetic_ratio: float = Field(4.0, ge=0)
-    synthetic_weight: float = Field(1.0, ge=0)
+    """Real + reviewed synthetic data, trained with the baseline recipe."""
+
+    synthetic_ratio: float = Field(4.0, ge=0)  # max synthetic:real; published gains saturate near 10:1
+    synthetic_cap: int | None = Field(None, ge=0)  # absolute max synthetic images (None: ratio only)
+    synthetic_weight: float = Field(1.0, ge=0)  # per-sample loss weight of a synthetic image (real: 1)
+    pretrain_on_synthetic: bool = False  # train on synthetic first, then fine-tune on real only
+    pretrain_epochs: int = Field(10, ge=1)
+
+
+class Fid(_Section):
+    """Synthetic-vs-real quality (torch-fidelity), offline."""
+
+    inception_weights: Path | None = None  # local pt_inception weights file; else the baseline's features
+    max_images: int = Field(2000, ge=10)  # per set, for speed
+    prc_neighborhood: int = Field(3, ge=1)
 
 
 class Evaluate(_Section):
-    backbones: tuple[str, ...] = ("custom_cnn",)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    backbones: tuple[Backbone, ...] = ("custom_cnn",)
+    seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    grid_per_class: int = Field(8, ge=1, le=64)
+    fid: Fid = Fid()
 
     @field_validator("seeds")
     @classmethod
     def _enough_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if len(v) < 2 or len(set(v)) != len(v):
             raise ValueError("evaluate.seeds needs at least two distinct seeds for a confidence interval")
+        return v
+
+
+class Schedule(_Section):
+    """The scheduled deployment of the loop (``synthloop serve`` / prefect.yaml)."""
+
+    name: str = "nightly"
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    #: Overrides for unattended runs: nobody is there to review at 2 a.m. unless you say so.
+    set_params: tuple[str, ...] = ("review.mode=reference",)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError(f"schedule.cron must have 5 fields (min hour day month weekday), got {v!r}")
         return v
 
 
@@ -215,6 +319,7 @@ class Params(_Section):
     review: Review = Review()
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
+    schedule: Schedule = Schedule()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -272,3 +377,43 @@ def load_params(path: Path | str | None = None) -> Params:
     except yaml.YAMLError as err:
         raise ParamsError(f"params file {path} is not valid YAML: {err}") from None
     return parse_params(data, str(path))
+
+
+def _coerce(text: str) -> Any:
+    """Parse an override value the way YAML would (``0.9`` → float, ``[a, b]`` → list, ``x`` → str)."""
+    value = yaml.safe_load(text)
+    return text if value is None and text.strip() not in ("null", "~", "") else value
+
+
+def apply_overrides(path: Path | str, overrides: list[str]) -> Params:
+    """Set ``section.key=value`` overrides in a params file, as ``dvc exp run -S`` does, and return the result.
+
+    The file keeps its comments and layout (ruamel round trip). The result is validated *before* anything is
+    written, and written atomically, so a bad override leaves the file untouched.
+    """
+    from ruamel.yaml import YAML
+
+    from tasks.io import atomic_write_text
+
+    path = Path(path)
+    rt = YAML()
+    rt.preserve_quotes = True
+    doc = rt.load(path.read_text(encoding="utf-8"))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"override {item!r} is not of the form section.key=value")
+        node = doc
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            if part not in node:
+                raise ParamsError(f"override {item!r}: unknown section {part!r}")
+            node = node[part]
+        node[leaf] = _coerce(raw)
+    import io as _io
+
+    buf = _io.StringIO()
+    rt.dump(doc, buf)
+    params = parse_params(yaml.safe_load(buf.getvalue()), f"{path} with overrides {overrides}")
+    atomic_write_text(path, buf.getvalue())
+    return params

@@ -42,7 +42,7 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         "caption": {"trainval": p.ingest / "trainval"},
         "pretrain": {"pool": p.phantom / "unlabeled"},
         "dreambooth": {"base": p.pretrain, "caption": p.caption},
-        "generate": {"model": p.dreambooth, "prompts": p.caption / "prompts.json"},
+        "generate": {"model": p.dreambooth / "model", "prompts": p.caption / "prompts.json"},
         "baseline": {"caption": p.caption},
         "predict": {"model": p.baseline, "generated": p.generate},
         "review": {"predictions": p.predict, "generated": p.generate},

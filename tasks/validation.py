@@ -54,7 +54,7 @@ def _between(col: str, lo: float | None, hi: float | None) -> Spec:
 
 def _relative_path(col: str) -> Spec:
     # No absolute paths, no parent traversal, no backslashes: files stay under the table's folder.
-    return ("ExpectColumnValuesToNotMatchRegex", {"column": col, "regex": r"(^/|^[A-Za-z]:|\.\.|\\)"})
+    return ("ExpectColumnValuesToNotMatchRegex", {"column": col, "regex": r"(?:^/|^[A-Za-z]:|\.\.|\\)"})
 
 
 def _ingest_manifest(classes: Sequence[str]) -> list[Spec]:

@@ -1,0 +1,144 @@
+"""The loop as a Prefect flow — wiring only.
+
+Each stage runs as ``dvc repro --single-item <stage>``: DVC decides whether the stage is stale, runs the same
+``python -m tasks.<stage>`` command ``dvc repro`` would, and records dvc.lock, so after a Prefect run ``dvc repro``
+has nothing to do and stage logic exists once (tasks/). A stage DVC finds up to date ends in a ``Skipped`` state,
+not as work done. The review checkpoint pauses the flow run (``pause_flow_run(wait_for_input=ReviewInput)``)
+until a person finishes in the review app (which resumes it) or submits the Resume form in the Prefect UI.
+
+No torch, pandas or mlflow is imported here; tracking goes through ``tasks.tracking``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Completed
+
+from tasks.params import STAGES, apply_overrides, load_params
+from tasks.stage import EXIT_WAITING
+
+log = logging.getLogger(__name__)
+
+#: Stages whose failure is worth an automatic retry (transient: disk, a killed worker); deterministic errors
+#: (bad params, bad data) fail the same way again, so most stages get none.
+RETRIES = {"generate": 1, "dreambooth": 1, "pretrain": 1}
+
+
+class CheckpointWaiting(RuntimeError):
+    """The review stage stopped at the checkpoint (exit status 3)."""
+
+
+def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], text=True, capture_output=True, check=check)
+
+
+def stage_is_current(stage: str) -> bool:
+    """True when DVC would skip ``stage``: its deps, params, outs and command match dvc.lock."""
+    out = _dvc("status", "--single-item", "--json", stage).stdout.strip() or "{}"
+    return json.loads(out) == {}
+
+
+def _run_streaming(cmd: list[str]) -> tuple[int, str]:
+    """Run ``cmd``, echoing its output live (progress bars, logs) and keeping a copy to inspect."""
+    lines: list[str] = []
+    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            lines.append(line)
+    return proc.returncode, "".join(lines)
+
+
+@task(name="stage", task_run_name="{stage}", retries=0)
+def run_stage(stage: str):
+    """Reproduce one DVC stage; a stage that was already current ends as Skipped (cached)."""
+    logger = get_run_logger()
+    if stage_is_current(stage):
+        logger.info("stage %s is up to date (dvc.lock matches): skipped", stage)
+        return Completed(name="Skipped", message=f"{stage}: up to date in dvc.lock, not re-run", data="skipped")
+    logger.info("running stage %s", stage)
+    returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage])
+    if returncode == 0:
+        return "ran"
+    # dvc repro reports the command's own exit status in its error line ("... exited with 3").
+    if stage == "review" and f"exited with {EXIT_WAITING}" in output:
+        raise CheckpointWaiting("the review checkpoint waits for a person")
+    raise RuntimeError(
+        f"stage {stage!r} failed (exit {proc.returncode}); see the log above for the cause. "
+        f"Fix it, then resume with `synthloop run` or `dvc repro` — finished stages are not re-run."
+    )
+
+
+def _pause_for_review(params_path: str) -> None:
+    """Pause the flow run at the checkpoint; the review app (or the Prefect UI) resumes it with input."""
+    from prefect.flow_runs import pause_flow_run
+
+    from tasks.review import review_status
+    from tasks.review_input import ReviewInput
+    from tasks.review_app import start_background
+
+    logger = get_run_logger()
+    params = load_params(params_path)
+    server = start_background(params, resume_current_flow_run=True)
+    status = review_status(params)
+    logger.warning(
+        "review checkpoint: %d of %d generated images wait for a person. Review at %s — the flow resumes when "
+        "the review is complete (or use Resume in the Prefect UI).", status["waiting"], status["total"], server.url)
+    try:
+        answer = pause_flow_run(wait_for_input=ReviewInput.with_initial_data(
+            description=(f"{status['waiting']} of {status['total']} images wait for review at {server.url}. "
+                         "Submit with action 'done' when finished, 'abort' to stop the loop.")),
+            timeout=params.review.pause_timeout_s, key="review-checkpoint")
+    finally:
+        server.stop()
+    if answer is None or answer.action == "abort":
+        raise RuntimeError("review aborted by the reviewer; resume later with `synthloop run`")
+    logger.info("review resumed by %s", answer.reviewer)
+
+
+def _report_artifact() -> None:
+    params = load_params()
+    report = params.paths.reports / "report.md"
+    if report.exists():
+        create_markdown_artifact(report.read_text(encoding="utf-8"), key="synthloop-report",
+                                 description="baseline vs retrained on the held-out real test set")
+
+
+@flow(name="synthloop", log_prints=True)
+def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None = None) -> dict[str, str]:
+    """Run the loop in DAG order. ``set_params``: ``section.key=value`` overrides written to params.yaml first
+    (as ``dvc exp run -S`` does), e.g. ``["review.mode=reference"]`` for unattended scheduled runs."""
+    from prefect.runtime import flow_run
+
+    from tasks.tracking import loop_run
+
+    params = apply_overrides("params.yaml", set_params) if set_params else load_params()
+    selected = [s for s in STAGES if not stages or s in stages]
+    results: dict[str, str] = {}
+    with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}):
+        for stage in selected:
+            try:
+                state = run_stage(stage, return_state=True)
+                results[stage] = state.result(raise_on_failure=True)
+            except CheckpointWaiting:
+                _pause_for_review("params.yaml")
+                results[stage] = run_stage.with_options(task_run_name=f"{stage}-after-review")(stage)
+        _report_artifact()
+    return results
+
+
+def main() -> dict[str, str]:
+    """Entry point used by ``synthloop run`` / ``make run``."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    return synthloop_loop()
+
+
+if __name__ == "__main__":
+    main()

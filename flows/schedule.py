@@ -1,0 +1,34 @@
+"""The scheduled deployment of the loop: ``synthloop serve`` (``flow.serve``) and prefect.yaml (work pools).
+
+Both take name, cron and parameters from ``params.schedule``; a scheduled run applies
+``schedule.set_params`` (by default ``review.mode=reference``, since nobody reviews at 2 a.m.; set it to ``[]``
+and the run pauses at the checkpoint for a person).
+"""
+
+from __future__ import annotations
+
+from prefect.schedules import Cron
+
+from flows.pipeline import synthloop_loop
+
+
+def deployment_kwargs(params) -> dict:
+    """Arguments shared by ``serve`` and ``to_deployment``: name, cron schedule, parameters."""
+    s = params.schedule
+    return {
+        "name": s.name,
+        "schedules": [Cron(s.cron, timezone=s.timezone)],
+        "parameters": {"set_params": list(s.set_params)},
+        "description": "The synthloop loop on a schedule (see params.yaml `schedule`).",
+        "tags": ["synthloop"],
+    }
+
+
+def build_deployment(params):
+    """The deployment object (registered by ``serve`` or ``.apply()``)."""
+    return synthloop_loop.to_deployment(**deployment_kwargs(params))
+
+
+def serve_loop(params) -> None:
+    """Serve the scheduled deployment from this process until interrupted."""
+    synthloop_loop.serve(**deployment_kwargs(params))

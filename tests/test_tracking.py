@@ -1,0 +1,63 @@
+"""MLflow tracking: URI from the environment, nested stage runs under a loop run, params and tags recorded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tasks import stage as stage_mod
+from tasks import tracking
+
+
+def test_tracking_uri_defaults_to_sqlite_in_project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_stage_runs_nest_under_loop_run_with_params_and_tags(params):
+    from mlflow import MlflowClient
+
+    with tracking.loop_run(params, tags={"prefect.flow_run_id": "abc"}) as parent:
+        with tracking.stage_run("ingest", params, {"raw": "deadbeef"}) as child:
+            child.log_metrics({"n_ok": 3, "flag": True, "name": "x"})
+    client = MlflowClient(tracking.tracking_uri())
+    run = client.get_run(child.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert run.data.tags["synthloop.stage"] == "ingest"
+    assert run.data.tags["synthloop.input.raw"] == "deadbeef"
+    assert run.data.params["generate.num_images"] == str(params.generate.num_images)
+    assert run.data.metrics == {"n_ok": 3.0}, "only numbers are metrics (bools and strings are not)"
+    assert client.get_run(parent.run_id).data.tags["prefect.flow_run_id"] == "abc"
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    out: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def test_run_stage_writes_metrics_json_and_mlflow(params, monkeypatch: pytest.MonkeyPatch):
+    """The shared stage runner: the stage's metrics go to metrics/<stage>.json and MLflow, same dict."""
+    import types
+
+    from mlflow import MlflowClient
+
+    fake = types.SimpleNamespace(run=lambda p, raw, out_dir: _Outputs(out_dir, {"n_ok": 7}))
+    monkeypatch.setattr(stage_mod.importlib, "import_module", lambda name: fake)
+    stage_mod.run_stage("ingest", params)
+    written = json.loads((params.paths.metrics / "ingest.json").read_text())
+    assert written["n_ok"] == 7 and written["stage_seconds"] >= 0
+    runs = MlflowClient(tracking.tracking_uri()).search_runs(
+        [MlflowClient(tracking.tracking_uri()).get_experiment_by_name("synthloop").experiment_id])
+    assert runs[0].data.metrics["n_ok"] == 7
+
+
+def test_unknown_stage_is_a_clear_error(params):
+    with pytest.raises(stage_mod.StageError, match="unknown stage 'nope'"):
+        stage_mod.run_stage("nope", params)
