@@ -1,0 +1,54 @@
+"""Build a throw-away copy of the project (code + dvc.yaml + a shrunk params.yaml) to run DVC and Prefect in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, SHRINK, _merge
+
+#: Never copied: outputs and local state of the developer's own runs.
+SKIP_TOP = {"data", "metrics", "reports", "mlflow.db", ".venv", ".git", ".prefect", "benchmarks"}
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    return [f for f in out if f and f.split("/")[0] not in SKIP_TOP and (REPO / f).is_file()]
+
+
+def make_project(dest: Path, overrides: dict | None = None) -> Path:
+    """Copy the project to ``dest`` with a shrunk params.yaml (relative paths, as a user's would be)."""
+    for rel in project_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, target)
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(_merge(data, SHRINK), overrides or {}), sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], cwd=dest,
+                   check=True)
+    return dest
+
+
+def env_for(dest: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{dest / 'mlflow.db'}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("SYNTHLOOP_PARENT_RUN_ID", None)
+    return env
+
+
+def dvc(dest: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=dest, env=env_for(dest), text=True,
+                          capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
