@@ -42,7 +42,7 @@ def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def stage_is_current(stage: str) -> bool:
     """True when DVC would skip ``stage``: its deps, params, outs and command match dvc.lock."""
-    out = _dvc("status", "--single-item", "--json", stage).stdout.strip() or "{}"
+    out = _dvc("status", "--json", stage).stdout.strip() or "{}"  # without -d: this stage only
     return json.loads(out) == {}
 
 
@@ -117,12 +117,12 @@ def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None
     (as ``dvc exp run -S`` does), e.g. ``["review.mode=reference"]`` for unattended scheduled runs."""
     from prefect.runtime import flow_run
 
-    from tasks.tracking import loop_run
+    from tasks.tracking import dvc_lock_tags, loop_run
 
     params = apply_overrides("params.yaml", set_params) if set_params else load_params()
     selected = [s for s in STAGES if not stages or s in stages]
     results: dict[str, str] = {}
-    with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}):
+    with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}) as run:
         for stage in selected:
             try:
                 state = run_stage(stage, return_state=True)
@@ -130,6 +130,7 @@ def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None
             except CheckpointWaiting:
                 _pause_for_review("params.yaml")
                 results[stage] = run_stage.with_options(task_run_name=f"{stage}-after-review")(stage)
+        run.set_tags(dvc_lock_tags())  # what exactly this loop produced, by content hash
         _report_artifact()
     return results
 

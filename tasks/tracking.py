@@ -110,6 +110,22 @@ def loop_run(params: Any, tags: Mapping[str, Any] | None = None) -> Iterator[Sta
                 os.environ[PARENT_ENV] = previous
 
 
+def dvc_lock_tags(lock: Path | str = "dvc.lock") -> dict[str, str]:
+    """``dvc.<stage>.<out>`` → content hash of each stage output recorded in dvc.lock (data lineage tags)."""
+    import yaml
+
+    lock = Path(lock)
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    tags = {}
+    for stage, entry in stages.items():
+        for out in entry.get("outs", []):
+            digest = out.get("md5") or out.get("hash") or ""
+            tags[f"dvc.{stage}.{Path(out['path']).name}"] = str(digest)
+    return tags
+
+
 def log_model_files(folder: Path, artifact_path: str, registered_name: str | None = None,
                     alias: str | None = None) -> None:
     """Log a model folder as run artifacts and, optionally, register it with an alias.

@@ -44,3 +44,29 @@ def test_prefect_flow_runs_stages_and_leaves_dvc_clean(project: Path, monkeypatc
         assert "Running stage" not in dvc(project, "repro", "caption").stdout
         second = synthloop_loop(stages=FOUNDATION)
         assert second == {s: "skipped" for s in FOUNDATION}, "an up-to-date stage is reported as skipped"
+
+
+def test_flow_lineage_in_mlflow(project: Path, monkeypatch: pytest.MonkeyPatch):
+    """One parent run per loop (Prefect flow-run id, dvc.lock hashes) with a nested run per stage."""
+    from mlflow import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import synthloop_loop
+
+    monkeypatch.chdir(project)
+    for key, value in env_for(project).items():
+        monkeypatch.setenv(key, value)
+    with prefect_test_harness():
+        synthloop_loop(stages=["phantom", "ingest"])
+    client = MlflowClient(env_for(project)["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("synthloop")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("synthloop.loop") == "1"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["prefect.flow_run_id"]
+    assert parent.data.tags["dvc.ingest.trainval"], "dvc.lock output hashes are tagged on the loop run"
+    children = {r.data.tags["synthloop.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"phantom", "ingest"}
+    assert children["ingest"].data.tags["mlflow.source.git.commit"] != "unknown"
+    assert children["ingest"].data.metrics, "stage metrics are logged on the nested run"
