@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 RETRIES = {"generate": 1, "dreambooth": 1, "pretrain": 1}
 
 
-class CheckpointWaiting(RuntimeError):
-    """The review stage stopped at the checkpoint (exit status 3)."""
-
-
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], text=True, capture_output=True, check=check)
 
@@ -69,7 +65,9 @@ def run_stage(stage: str):
         return "ran"
     # dvc repro reports the command's own exit status in its error line ("... exited with 3").
     if stage == "review" and f"exited with {EXIT_WAITING}" in output:
-        raise CheckpointWaiting("the review checkpoint waits for a person")
+        # Not a failure: the stage stopped on purpose at the checkpoint; the flow pauses for the person.
+        return Completed(name="WaitingForReview", message="the review checkpoint waits for a person",
+                         data="waiting")
     raise RuntimeError(
         f"stage {stage!r} failed (exit {proc.returncode}); see the log above for the cause. "
         f"Fix it, then resume with `synthloop run` or `dvc repro` — finished stages are not re-run."
@@ -77,30 +75,30 @@ def run_stage(stage: str):
 
 
 def _pause_for_review(params_path: str) -> None:
-    """Pause the flow run at the checkpoint; the review app (or the Prefect UI) resumes it with input."""
-    from prefect.flow_runs import pause_flow_run
+    """Pause the flow run at the checkpoint while the review app runs in this process.
 
-    from tasks.review import review_status
-    from tasks.review_input import ReviewInput
-    from tasks.review_app import start_background
+    Deciding the last waiting item in the app resumes the run (``resume_callback``); so does the Resume form in
+    the Prefect UI when a persistent server is used. ``abort`` stops the loop.
+    """
+    from prefect.flow_runs import pause_flow_run
+    from prefect.runtime import flow_run
+
+    from tasks.review_app import BackgroundServer
+    from tasks.review_input import ReviewInput, pause_description, resume_callback, review_status
 
     logger = get_run_logger()
     params = load_params(params_path)
-    server = start_background(params, resume_current_flow_run=True)
-    status = review_status(params)
-    logger.warning(
-        "review checkpoint: %d of %d generated images wait for a person. Review at %s — the flow resumes when "
-        "the review is complete (or use Resume in the Prefect UI).", status["waiting"], status["total"], server.url)
-    try:
-        answer = pause_flow_run(wait_for_input=ReviewInput.with_initial_data(
-            description=(f"{status['waiting']} of {status['total']} images wait for review at {server.url}. "
-                         "Submit with action 'done' when finished, 'abort' to stop the loop.")),
+    with BackgroundServer(params, on_complete=resume_callback(flow_run.id)) as server:
+        status = {**review_status(params), "url": server.url}
+        logger.warning("review checkpoint: %d of %d generated images wait for a person. Review them at %s — "
+                       "the flow resumes when the last one is decided (or use Resume in the Prefect UI).",
+                       status["waiting"], status["total"], server.url)
+        answer = pause_flow_run(
+            wait_for_input=ReviewInput.with_initial_data(description=pause_description(status), reviewer=""),
             timeout=params.review.pause_timeout_s, key="review-checkpoint")
-    finally:
-        server.stop()
     if answer is None or answer.action == "abort":
-        raise RuntimeError("review aborted by the reviewer; resume later with `synthloop run`")
-    logger.info("review resumed by %s", answer.reviewer)
+        raise RuntimeError("the reviewer aborted the loop at the review checkpoint; resume with `synthloop run`")
+    logger.info("review checkpoint passed (reviewer: %s)", answer.reviewer or "unknown")
 
 
 def _report_artifact() -> None:
@@ -124,12 +122,12 @@ def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None
     results: dict[str, str] = {}
     with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}) as run:
         for stage in selected:
-            try:
-                state = run_stage(stage, return_state=True)
-                results[stage] = state.result(raise_on_failure=True)
-            except CheckpointWaiting:
+            results[stage] = run_stage(stage)
+            if results[stage] == "waiting":
                 _pause_for_review("params.yaml")
                 results[stage] = run_stage.with_options(task_run_name=f"{stage}-after-review")(stage)
+                if results[stage] == "waiting":
+                    raise RuntimeError("the review was resumed but items still wait; run `synthloop review`")
         run.set_tags(dvc_lock_tags())  # what exactly this loop produced, by content hash
         _report_artifact()
     return results

@@ -87,10 +87,22 @@ def _predictions(classes: Sequence[str]) -> list[Spec]:
             *[_between(f"p_{c}", 0, 1) for c in classes], _unique("review_rank")]
 
 
+def _when(spec: Spec, condition: str) -> Spec:
+    name, kwargs = spec
+    return (name, {**kwargs, "row_condition": condition, "condition_parser": "pandas"})
+
+
 def _review_corrections(classes: Sequence[str]) -> list[Spec]:
-    cols = ("file_name", "intended_label", "pred_label", "final_label", "decision", "reviewer", "timestamp")
-    return [*_exist(*cols), *_not_null("file_name", "decision", "reviewer", "timestamp"), _unique("file_name"),
-            _in_set("decision", ["accept", "correct", "reject"]), _in_set("final_label", [*classes, "", None])]
+    cols = ("file_name", "intended_label", "pred_label", "final_label", "decision", "reviewer", "timestamp",
+            "version")
+    # reject ⇔ no final label; accept ⇒ final label is the prediction; version counts saved changes (≥ 1).
+    return [*_exist(*cols, "note"), *_not_null("file_name", "decision", "reviewer", "timestamp", "version"),
+            _unique("file_name"), _relative_path("file_name"), _in_set("decision", ["accept", "correct", "reject"]),
+            _in_set("final_label", [*classes, "", None]), _between("version", 1, None),
+            _when(_in_set("final_label", ["", None]), 'decision=="reject"'),
+            _when(_in_set("final_label", classes), 'decision!="reject"'),
+            _when(("ExpectColumnPairValuesToBeEqual", {"column_A": "final_label", "column_B": "pred_label"}),
+                  'decision=="accept"')]
 
 
 SUITES: dict[str, Callable[[Sequence[str]], list[Spec]]] = {
