@@ -46,9 +46,10 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         "baseline": {"caption": p.caption},
         "predict": {"model": p.baseline, "generated": p.generate},
         "review": {"predictions": p.predict, "generated": p.generate},
-        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review},
+        # Only the decisions feed training: queue.csv or audit.jsonl changing must not trigger a retrain.
+        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv"},
         "evaluate": {"test": p.ingest / "test", "caption": p.caption, "generated": p.generate,
-                     "review": p.review, "baseline": p.baseline, "retrain": p.retrain},
+                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain},
     }
     return table[stage]
 

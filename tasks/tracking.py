@@ -140,9 +140,15 @@ def log_model_files(folder: Path, artifact_path: str, registered_name: str | Non
     if registered_name is None:
         return
     run_id = mlflow.active_run().info.run_id
-    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", registered_name)
+    client = MlflowClient()
+    # MLflow 3's register_model("runs:/...") insists on an MLmodel file / logged model; a model version made
+    # directly from the artifact URI registers plain files (safetensors + JSON) as they are.
+    if not client.search_registered_models(filter_string=f"name = '{registered_name}'"):
+        client.create_registered_model(registered_name)
+    source = f"{mlflow.get_artifact_uri(artifact_path)}"
+    version = client.create_model_version(registered_name, source, run_id=run_id)
     if alias:
-        MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
+        client.set_registered_model_alias(registered_name, alias, version.version)
 
 
 def scratch_dir() -> Path:

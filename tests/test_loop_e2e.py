@@ -1,0 +1,113 @@
+"""The whole loop end to end on a shrunk profile, through `synthloop run` (Prefect) and `dvc repro`.
+
+One project copy walks through the re-run matrix: first run → everything runs and the report has its headline;
+unchanged → nothing re-runs; a changed generate.* param → generate and downstream only (both entry points);
+a killed flow mid-generate → the next run resumes and finishes with a complete, valid generated set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from project import dvc, env_for, make_project
+from tasks.params import STAGES
+
+pytestmark = pytest.mark.slow
+
+DOWNSTREAM_OF_GENERATE = ["generate", "predict", "review", "retrain", "evaluate"]
+
+
+def _synthloop(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", *args], cwd=project, env=env_for(project),
+                          text=True, capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, f"synthloop {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _stamps(project: Path) -> dict[str, float]:
+    """metrics/<stage>.json is rewritten exactly when a stage runs: its mtime tells which stages ran."""
+    return {s: (project / "metrics" / f"{s}.json").stat().st_mtime_ns for s in STAGES}
+
+
+def _ran_since(before: dict[str, float], project: Path) -> list[str]:
+    after = _stamps(project)
+    return [s for s in STAGES if after[s] != before[s]]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("e2e") / "proj")
+
+
+def test_first_run_produces_the_report(project: Path):
+    proc = _synthloop(project, "run")
+    out = proc.stdout
+    assert "## Headline" in out, out[-3000:]
+    assert "report:" in out and "MLflow:" in out and "Prefect:" in out
+    assert (project / "reports" / "report.md").exists() and (project / "reports" / "report.html").exists()
+    summary = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert summary, "evaluate wrote its metrics"
+    assert json.loads(dvc(project, "status", "--json").stdout or "{}") == {}, "a Prefect run leaves dvc clean"
+
+
+def test_unchanged_rerun_runs_nothing(project: Path):
+    before = _stamps(project)
+    start = time.perf_counter()
+    proc = _synthloop(project, "run")
+    assert _ran_since(before, project) == []
+    assert proc.stderr.count("up to date") >= len(STAGES) or "Skipped" in proc.stderr
+    assert time.perf_counter() - start < 120
+    assert "Running stage" not in dvc(project, "repro").stdout
+
+
+def test_changed_generate_param_reruns_generate_and_downstream_only_via_prefect(project: Path):
+    before = _stamps(project)
+    _synthloop(project, "run", "--set", "generate.num_images=12")
+    assert _ran_since(before, project) == DOWNSTREAM_OF_GENERATE
+
+
+def test_changed_generate_param_reruns_generate_and_downstream_only_via_dvc(project: Path):
+    from tasks.params import apply_overrides
+
+    apply_overrides(project / "params.yaml", ["generate.guidance_scale=6.0"])
+    out = dvc(project, "repro").stdout
+    ran = [s for s in STAGES if f"Running stage '{s}'" in out]
+    assert ran == DOWNSTREAM_OF_GENERATE, out[-3000:]
+    assert "Running stage" not in dvc(project, "repro").stdout
+
+
+def test_killed_flow_mid_generate_resumes(project: Path):
+    """SIGKILL the whole flow process group while generate writes images; the next run finishes the job."""
+    from tasks.params import apply_overrides
+
+    apply_overrides(project / "params.yaml", ["generate.num_images=40", "generate.shard_size=4"])
+    images = project / "data" / "generate" / "images"
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "run"], cwd=project, env=env_for(project),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    baseline_count = _count_pngs(images)
+    while time.time() < deadline and proc.poll() is None:
+        if _count_pngs(images) > baseline_count + 4:  # generate is mid-way through the new images
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the flow finished before it could be killed; raise generate.num_images"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _synthloop(project, "run")
+    manifest = (project / "data" / "generate" / "manifest.csv").read_text().splitlines()
+    assert len(manifest) - 1 == 40
+    assert _count_pngs(images) == 40
+    assert not list((project / "data" / "generate").rglob(".synthloop-tmp-*")), "no partial files survive"
+    assert json.loads(dvc(project, "status", "--json").stdout or "{}") == {}
+
+
+def _count_pngs(folder: Path) -> int:
+    return sum(1 for _ in folder.rglob("*.png")) if folder.exists() else 0
