@@ -22,8 +22,12 @@ _FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path``; on clean exit fsync it and replace ``path`` atomically."""
+def atomic_open(path: Path | str, mode: str = "wb", *, durable: bool = True) -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path``; on clean exit fsync it and replace ``path`` atomically.
+
+    ``durable=False`` skips the fsyncs (still atomic against a killed process, not against power loss): for
+    bulk files of a stage that is simply re-run after a crash, where thousands of fsyncs dominate the runtime.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
@@ -31,13 +35,15 @@ def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -49,8 +55,8 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
+def atomic_write_bytes(path: Path | str, data: bytes, *, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable=durable) as fh:
         fh.write(data)
 
 
@@ -87,12 +93,32 @@ def atomic_write_csv(path: Path | str, df: "Any", *, neutralise: bool = True) ->
     atomic_write_text(path, buf.getvalue())
 
 
-def save_png_atomic(image: "Any", path: Path | str) -> bytes:
+def restore_numeric(df: "Any", columns: "Any" = None) -> "Any":
+    """Copy of a DataFrame read with ``dtype=str`` where each all-numeric text column (of ``columns``, default
+    all) becomes numeric. Pass only free-form metadata columns: a label such as "1" must stay text.
+
+    Keeps user metadata exact (no NaN guessing on read) while numbers such as negative angles stay data and are
+    not quoted by ``safe_csv_cell``.
+    """
+    import pandas as pd
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    df = df.copy()
+    for col in df.columns if columns is None else columns:
+        values = df[col]
+        if is_object_dtype(values) or is_string_dtype(values):
+            filled = values[values.astype(str) != ""]
+            if len(filled) and pd.to_numeric(filled, errors="coerce").notna().all():
+                df[col] = pd.to_numeric(values.replace("", None), errors="coerce")
+    return df
+
+
+def save_png_atomic(image: "Any", path: Path | str, *, durable: bool = True) -> bytes:
     """Save a PIL image as PNG atomically (deterministic bytes: no timestamps); return the bytes written."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     data = buf.getvalue()
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, durable=durable)
     return data
 
 
