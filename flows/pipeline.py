@@ -122,10 +122,12 @@ def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None
     results: dict[str, str] = {}
     with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}) as run:
         for stage in selected:
-            results[stage] = run_stage(stage)
+            # return_state: a stage that returned a named state (Skipped, WaitingForReview) yields its data.
+            results[stage] = run_stage(stage, return_state=True).result()
             if results[stage] == "waiting":
                 _pause_for_review("params.yaml")
-                results[stage] = run_stage.with_options(task_run_name=f"{stage}-after-review")(stage)
+                after = run_stage.with_options(task_run_name=f"{stage}-after-review")
+                results[stage] = after(stage, return_state=True).result()
                 if results[stage] == "waiting":
                     raise RuntimeError("the review was resumed but items still wait; run `synthloop review`")
         run.set_tags(dvc_lock_tags())  # what exactly this loop produced, by content hash
