@@ -66,7 +66,7 @@ def write_metrics(params: Params, stage: str, metrics: dict[str, Any]) -> Path:
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("alembic", "urllib3", "httpx", "PIL", "matplotlib", "filelock", "fsspec"):
+    for noisy in ("alembic", "urllib3", "httpx", "PIL", "matplotlib", "filelock", "fsspec", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
