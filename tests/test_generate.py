@@ -1,0 +1,341 @@
+"""generate stage: plan, filters, determinism, resume after kills, full disk, Dask, GX."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import generate as G
+from tasks.io import TEMP_PREFIX, atomic_open, sha256_file
+from tasks.stage import StageError
+from tasks.validation import ValidationFailed, validate
+
+from conftest import make_params
+
+CLASSES = ["small", "big"]
+PROMPTS = {"classes": CLASSES,
+           "instance_prompts": {c: f"photo of zwx {c} hip xray" for c in CLASSES},
+           "class_prompt": "photo of a hip xray"}
+
+
+class _Killed(Exception):
+    """Stands in for a kill at a chosen point (nothing after it runs)."""
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random-weight pipeline folder (32²) and a prompts.json, built once for the module."""
+    from tasks.sd import build_tiny_pipeline, save_pipeline
+
+    root = tmp_path_factory.mktemp("generate-inputs")
+    model = save_pipeline(build_tiny_pipeline(32, 0), root / "model")
+    prompts = root / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    return model, prompts
+
+
+def _snapshot(out_dir: Path) -> dict[str, str]:
+    return {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in sorted(out_dir.rglob("*")) if p.is_file()}
+
+
+def _run(params, inputs, out_dir: Path):
+    model, prompts = inputs
+    return G.run(params, model=model, prompts=prompts, out_dir=out_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Files of one uninterrupted run with the shrunk test params (8 images, 2 shards of one batch of 4)."""
+    root = tmp_path_factory.mktemp("generate-reference")
+    out = root / "out"
+    _run(make_params(root), inputs, out)
+    return _snapshot(out)
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+def test_class_counts_balanced_and_by_ratio():
+    assert G.class_counts(CLASSES, 7) == {"small": 4, "big": 3}
+    assert G.class_counts(CLASSES, 10, {"small": 3, "big": 1}) == {"small": 8, "big": 2}
+    assert sum(G.class_counts(["a", "b", "c"], 10_000, {"a": 1, "b": 1, "c": 1}).values()) == 10_000
+
+
+def test_class_counts_rejects_ratio_keys_that_are_not_the_classes():
+    with pytest.raises(ValueError, match="unknown: \\['medium'\\]"):
+        G.class_counts(CLASSES, 10, {"small": 1, "medium": 1})
+
+
+def test_plan_is_balanced_deterministic_and_laid_out_in_shards(tmp_path):
+    params = make_params(tmp_path, {"generate": {"num_images": 10, "batch_size": 2, "shard_size": 4,
+                                                 "prompt_templates": ["{prompt}", "{prompt}, sharp"]}})
+    plan = G.plan_generation(params, PROMPTS, model_hash="m", image_size=32)
+    again = G.plan_generation(params, PROMPTS, model_hash="m", image_size=32)
+    pd.testing.assert_frame_equal(plan, again)
+    assert plan["intended_label"].value_counts().to_dict() == {"small": 5, "big": 5}
+    assert plan.groupby("shard")["intended_label"].nunique().min() == 2  # interleaved: every shard has both
+    assert plan["seed"].is_unique and plan["file_name"].is_unique
+    assert list(plan["shard"]) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert list(plan["batch"][:4]) == [0, 0, 1, 1] and list(plan["slot"][:4]) == [0, 1, 0, 1]
+    small = plan[plan["intended_label"] == "small"]["prompt"].tolist()
+    assert small[:2] == ["photo of zwx small hip xray", "photo of zwx small hip xray, sharp"]
+    other = G.plan_generation(make_params(tmp_path, {"seed": 7}), PROMPTS, model_hash="m", image_size=32)
+    assert not set(other["seed"]) & set(G.plan_generation(make_params(tmp_path), PROMPTS, image_size=32)["seed"])
+
+
+def test_derive_seed_is_stable_across_processes_and_versions():
+    # A fixed value: a change of hashing (e.g. Python's salted hash()) would silently change every image.
+    assert G.derive_seed(100, 0) == 1868645343657104397
+    assert 0 <= G.derive_seed(100, 9999) < 2**63
+
+
+def test_run_rejects_unreadable_prompts_file(params, inputs, tmp_path):
+    bad = tmp_path / "prompts.json"
+    bad.write_text("{not json")
+    with pytest.raises(StageError, match="not valid JSON"):
+        G.run(params, model=inputs[0], prompts=bad, out_dir=tmp_path / "out")
+
+
+def test_plan_rejects_missing_instance_prompt_and_bad_size(tmp_path):
+    params = make_params(tmp_path)
+    broken = {"classes": CLASSES, "instance_prompts": {"small": "x"}}
+    with pytest.raises(StageError, match="missing: \\['big'\\]"):
+        G.plan_generation(params, broken, image_size=32)
+    with pytest.raises(StageError, match="multiple of 8"):
+        G.plan_generation(params, PROMPTS, image_size=30)
+
+
+def test_params_reject_template_without_prompt_placeholder(tmp_path):
+    from tasks.params import ParamsError
+
+    with pytest.raises(ParamsError, match="prompt_templates"):
+        make_params(tmp_path, {"generate": {"prompt_templates": ["no placeholder"]}})
+
+
+# --------------------------------------------------------------------------------------------- filters
+
+
+def test_image_status_flags_nan_black_constant():
+    rng = np.random.default_rng(0)
+    ok = rng.random((8, 8, 3), dtype=np.float32)
+    nan = ok.copy()
+    nan[3, 3, 1] = np.nan
+    assert G.image_status(ok) == "ok"
+    assert G.image_status(nan) == "nan"
+    assert G.image_status(np.zeros((8, 8, 3), np.float32)) == "black"
+    assert G.image_status(np.full((8, 8, 3), 0.5, np.float32)) == "constant"
+    with pytest.raises(ValueError, match="empty"):
+        G.image_status(np.zeros((0, 8, 3), np.float32))
+
+
+def test_quantise_is_rounded_clipped_and_nan_safe():
+    q = G.quantise(np.array([np.nan, -1.0, 0.5 / 255, 1.5 / 255, 2.0], np.float32))
+    assert q.dtype == np.uint8 and q.tolist() == [0, 0, 0, 2, 255]
+
+
+def test_mark_duplicates_flags_later_copies_only():
+    m = pd.DataFrame({"index": [2, 0, 1, 3], "sha256": ["a", "a", "b", "a"], "status": ["ok", "ok", "ok", "black"]})
+    out = G.mark_duplicates(m)
+    assert out["status"].tolist() == ["ok", "ok", "duplicate", "black"]
+    with pytest.raises(ValueError, match="sha256"):
+        G.mark_duplicates(m.drop(columns="sha256"))
+
+
+def test_slerp_endpoints_and_tile():
+    import torch
+
+    a, b = torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    assert torch.allclose(G.slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(G.slerp(a, b, 1.0), b, atol=1e-5)
+    with pytest.raises(ValueError, match="no images"):
+        G.tile([])
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def test_run_writes_manifest_metadata_and_grids(params, inputs, tmp_path, reference):
+    out = _run(params, inputs, tmp_path / "out")
+    manifest = pd.read_csv(out.manifest, keep_default_na=False)
+    assert list(manifest.columns[:10]) == ["file_name", "intended_label", "prompt", "negative_prompt", "seed",
+                                           "scheduler", "steps", "guidance", "model_hash", "status"]
+    assert len(manifest) == 8 and manifest["intended_label"].value_counts().to_dict() == {"small": 4, "big": 4}
+    for f, h in zip(manifest["file_name"], manifest["sha256"]):
+        assert sha256_file(tmp_path / "out" / f) == h
+    metadata = pd.read_csv(out.metadata)
+    assert list(metadata.columns) == ["file_name", "text", "label"]
+    assert len(metadata) == (manifest["status"] == "ok").sum()
+    assert {p.name for p in out.grids.iterdir()} == {"small.png", "big.png"}
+    assert out.metrics["generated"] == 8 and out.metrics["images"] == 8
+    assert _snapshot(tmp_path / "out") == reference  # same plan, same machine → same bytes
+    again = _run(params, inputs, tmp_path / "out")
+    assert again.metrics["generated"] == 0 and again.metrics["reused"] == 8
+
+
+def test_image_bits_depend_on_slot_not_on_the_rest_of_the_batch(inputs):
+    pipe = G.prepare_pipeline(inputs[0], "ddim", "fp32")
+    row = dict(prompt="photo of zwx small hip xray", negative_prompt="", seed=1, steps=2, guidance=8.0,
+               height=32, width=32)
+    others = [dict(row, seed=s, prompt=p) for s, p in ((2, "a"), (3, "b"), (4, "photo"))]
+    with G._torch_threads(1):
+        full = G.render_batch(pipe, [row, *others])
+        padded = G.render_batch(pipe, [row] * 4)
+    assert np.array_equal(G.quantise(full[0]), G.quantise(padded[0]))
+    assert np.array_equal(full[0], padded[0])
+
+
+def test_one_image_regenerated_alone_is_byte_identical(params, inputs, tmp_path, reference):
+    out_dir = tmp_path / "out"
+    _run(params, inputs, out_dir)
+    victim = "images/big/000005.png"
+    (out_dir / victim).unlink()
+    out = _run(params, inputs, out_dir)
+    assert out.metrics["generated"] == 1 and out.metrics["reused"] == 7
+    assert _snapshot(out_dir) == reference
+
+
+@pytest.mark.parametrize("target,at,redone", [
+    ("_write_image", 1, 8),  # first image: nothing recorded
+    ("_write_image", 6, 4),  # mid second shard: its written images are unrecorded and redone
+    ("_write_shard_manifest", 2, 4),  # images of shard 1 on disk, manifest not yet updated
+])
+def test_resume_after_kill_matches_uninterrupted_run(params, inputs, tmp_path, reference, monkeypatch,
+                                                     target, at, redone):
+    out_dir = tmp_path / "out"
+    real = getattr(G, target)
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise _Killed(f"killed at {target} call {at}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(G, target, dying)
+    with pytest.raises(_Killed):
+        _run(params, inputs, out_dir)
+    assert not (out_dir / "manifest.csv").exists()
+    (out_dir / "images" / "small" / f"{TEMP_PREFIX}left-by-kill.png").write_bytes(b"\x89PNG partial")
+    monkeypatch.setattr(G, target, real)
+    out = _run(params, inputs, out_dir)
+    assert _snapshot(out_dir) == reference
+    assert out.metrics["generated"] == redone and out.metrics["reused"] == 8 - redone
+    assert not list(out_dir.rglob(TEMP_PREFIX + "*"))
+
+
+def test_resume_after_sigkill_of_a_real_process(params, inputs, tmp_path, reference):
+    out_dir = tmp_path / "out"
+    marker = tmp_path / "shard0-recorded"
+    script = f"""
+import sys, time, pathlib
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import tasks
+from tasks import generate as G
+from conftest import make_params
+real = G._write_shard_manifest
+def slow(out_dir, shard, rows):
+    real(out_dir, shard, rows)
+    if shard == 0:
+        pathlib.Path({str(marker)!r}).write_text("x")
+        time.sleep(120)
+G._write_shard_manifest = slow
+G.run(make_params(pathlib.Path({str(tmp_path)!r})), model=pathlib.Path({str(inputs[0])!r}),
+      prompts=pathlib.Path({str(inputs[1])!r}), out_dir=pathlib.Path({str(out_dir)!r}))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "generation process died before the kill point"
+            assert time.monotonic() < deadline, "kill point never reached"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    recorded = pd.read_csv(out_dir / "shards" / "shard-00000.csv")
+    assert len(recorded) == 4 and not (out_dir / "shards" / "shard-00001.csv").exists()
+    out = _run(params, inputs, out_dir)
+    assert out.metrics["generated"] == 4 and out.metrics["reused"] == 4
+    assert _snapshot(out_dir) == reference
+
+
+def test_rerun_redoes_tampered_images_and_unreadable_shard_manifests(params, inputs, tmp_path, reference):
+    out_dir = tmp_path / "out"
+    _run(params, inputs, out_dir)
+    (out_dir / "images" / "small" / "000002.png").write_bytes(b"not the recorded image")  # hash no longer matches
+    (out_dir / "shards" / "shard-00001.csv").write_bytes(b"\xff\xfe\x00garbage")  # shard 1 record unreadable
+    out = _run(params, inputs, out_dir)
+    assert out.metrics["generated"] == 5 and out.metrics["reused"] == 3
+    assert _snapshot(out_dir) == reference
+
+
+def test_rerun_with_changed_params_removes_stale_images(params, inputs, tmp_path, reference):
+    out_dir = tmp_path / "out"
+    _run(params, inputs, out_dir)
+    smaller = make_params(tmp_path, {"generate": {"num_images": 4, "interpolation_frames": 3}})
+    out = _run(smaller, inputs, out_dir)  # the slerp grid is not part of the recipe: nothing is regenerated
+    from PIL import Image
+
+    assert Image.open(out.grids / "interpolation.png").size == (3 * 32, 32)
+    manifest = pd.read_csv(out.manifest)
+    assert len(manifest) == 4 and out.metrics["reused"] == 4 and out.metrics["generated"] == 0
+    images = {p.relative_to(out_dir).as_posix() for p in (out_dir / "images").rglob("*.png")}
+    assert images == set(manifest["file_name"])
+    assert not (out_dir / "shards" / "shard-00001.csv").exists()
+    assert all(reference[f] == sha256_file(out_dir / f) for f in images)
+
+
+def test_full_disk_stops_clearly_and_rerun_completes(params, inputs, tmp_path, reference, monkeypatch):
+    import tasks.io
+
+    out_dir = tmp_path / "out"
+    real = tasks.io.atomic_write_bytes
+    calls = {"n": 0}
+
+    def full_disk(path, data, **kwargs):
+        calls["n"] += 1
+        if calls["n"] < 6:
+            return real(path, data, **kwargs)
+        with atomic_open(path, "wb", **kwargs) as fh:  # half a file reaches the disk, then the device is full
+            fh.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tasks.io, "atomic_write_bytes", full_disk)
+    with pytest.raises(StageError, match="disk is full"):
+        _run(params, inputs, out_dir)
+    recorded = pd.concat(pd.read_csv(p) for p in (out_dir / "shards").glob("*.csv"))
+    assert 0 < len(recorded) < 8
+    for f, h in zip(recorded["file_name"], recorded["sha256"]):  # every listed file is complete
+        assert sha256_file(out_dir / f) == h
+    assert not list(out_dir.rglob(TEMP_PREFIX + "*"))
+    monkeypatch.setattr(tasks.io, "atomic_write_bytes", real)
+    _run(params, inputs, out_dir)
+    assert _snapshot(out_dir) == reference
+
+
+def test_gx_rejects_broken_manifest_naming_rows(params, inputs, tmp_path, reference):
+    out = _run(params, inputs, tmp_path / "out")
+    manifest = pd.read_csv(out.manifest, keep_default_na=False)
+    manifest.loc[2, "status"] = "fine"
+    manifest.loc[5, "intended_label"] = "medium"
+    with pytest.raises(ValidationFailed) as err:
+        validate(manifest, "generate_manifest", classes=CLASSES)
+    assert manifest.loc[2, "file_name"] in str(err.value) and manifest.loc[5, "file_name"] in str(err.value)
+
+
+@pytest.mark.slow
+def test_dask_two_workers_byte_identical_to_in_process(inputs, tmp_path, reference):
+    params = make_params(tmp_path, {"generate": {"engine": "dask", "dask_workers": 2}})
+    out = _run(params, inputs, tmp_path / "out")
+    assert out.metrics["generated"] == 8
+    assert _snapshot(tmp_path / "out") == reference
