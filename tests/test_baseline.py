@@ -27,7 +27,10 @@ def test_run_writes_model_meta_history_and_learns(params):
     hist = pd.read_csv(out.history)
     assert {"train_loss", "val_loss", "val_accuracy"} <= set(hist.columns)
     assert out.metrics["val_balanced_accuracy"] >= 0.75  # disc size is easy: a broken loop stays at 0.5
-    assert out.metrics["best_epoch"] == hist.loc[hist["val_loss"].idxmin(), "epoch"]
+    # the kept checkpoint is the best epoch on the monitored validation metric (first best on ties)
+    monitored = hist[p.baseline.monitor]
+    best = monitored.idxmin() if p.baseline.monitor == "val_loss" else monitored.idxmax()
+    assert out.metrics["best_epoch"] == hist.loc[best, "epoch"]
     assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2)
 
 
