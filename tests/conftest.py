@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 SHRINK = {
     "phantom": {"per_class": 40, "unlabeled": 64, "image_size": 32},
     "ingest": {"image_size": 32},
-    "pretrain": {"steps": 4, "batch_size": 4},
+    "pretrain": {"steps": 4, "batch_size": 4, "vae_steps": 4, "vae_batch_size": 4, "sample_images": 2,
+                 "sample_steps": 2},
     "dreambooth": {"steps": 4, "batch_size": 2, "num_class_images": 4, "checkpoint_every": 2,
-                   "validation_every": 4},
+                   "validation_every": 4, "validation_images": 2, "inference_steps": 2},
     "generate": {"num_images": 8, "batch_size": 4, "num_inference_steps": 2, "shard_size": 4},
     "baseline": {"epochs": 2},
     "evaluate": {"seeds": [0, 1]},

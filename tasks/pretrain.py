@@ -1,0 +1,341 @@
+"""Stage ``pretrain``: the base generator that dreambooth fine-tunes.
+
+``pretrain.base_model: tiny`` (the embedded default) builds the tiny Stable Diffusion pipeline from config
+(``tasks/sd.py``) and pretrains it on the unlabeled phantom pool with one generic caption — standing in for SD's
+web-scale pretraining, because a model built from config knows nothing. Two phases:
+
+1. the VAE is trained as a KL autoencoder on the pool (a random VAE decodes noise), then its latent scale is set
+   so latents have unit variance, as SD's ``scaling_factor`` does;
+2. the UNet learns to denoise those latents (DDPM epsilon objective) conditioned on the frozen random-init text
+   encoder; captions are dropped to "" at ``caption_dropout`` so classifier-free guidance has an unconditional.
+
+Any other ``base_model`` (a hub id such as ``runwayml/stable-diffusion-v1-5`` or a local diffusers folder) is not
+trained: ``base.json`` records the reference, variant and (for a folder) its hash, after checking that it loads.
+
+The denoising loss (with min-SNR weighting and offset noise) and the image loader live here; dreambooth reuses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tasks  # noqa: F401  (torchvision guard before diffusers)
+from tasks.io import atomic_write_json, clean_stale_temp, save_png_atomic
+from tasks.params import Params, Pretrain
+from tasks.stage import StageError, cli_main
+
+log = logging.getLogger(__name__)
+
+#: Latents are sampled this many times for the scale estimate (``scaling_factor`` = 1 / std).
+_SCALE_SAMPLES = 256
+
+
+class PretrainError(StageError):
+    """The pool or the base model cannot be used; the message says which file or reference and why."""
+
+
+@dataclass(frozen=True)
+class PretrainOutputs:
+    out_dir: Path
+    pipeline: Path | None  # tiny: the pretrained diffusers folder
+    base_json: Path | None  # hub id / folder: the reference record
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def load_images(folder: Path, file_names: list[str], size: int) -> Any:
+    """Images under ``folder`` as a float tensor (N, 3, size, size) in [-1, 1]; grayscale is replicated to RGB.
+
+    A ``file_name`` that leaves ``folder`` or does not exist raises ``PretrainError`` naming it.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    root = folder.resolve()
+    arrays = []
+    for name in file_names:
+        path = (folder / name).resolve()
+        if not path.is_relative_to(root):
+            raise PretrainError(f"{folder}/metadata.csv: file_name {name!r} points outside {folder}")
+        if not path.is_file():
+            raise PretrainError(f"{folder}/metadata.csv lists {name!r} but {path} does not exist")
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            arrays.append(np.asarray(im, dtype=np.uint8))
+    if not arrays:
+        raise PretrainError(f"no images listed in {folder}/metadata.csv")
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    return batch / 127.5 - 1.0
+
+
+def read_pool(pool: Path) -> list[str]:
+    """File names of the unlabeled pool (``metadata.csv``'s ``file_name`` column), in file order."""
+    import pandas as pd
+
+    meta = pool / "metadata.csv"
+    if not meta.is_file():
+        raise PretrainError(f"unlabeled pool {pool} has no metadata.csv; run `dvc repro phantom` (or add one)")
+    df = pd.read_csv(meta, dtype=str, keep_default_na=False)
+    if "file_name" not in df.columns or df.empty:
+        raise PretrainError(f"{meta} needs a non-empty file_name column, got columns {list(df.columns)}")
+    return df["file_name"].tolist()
+
+
+def pool_image_size(pool: Path, first: str) -> int:
+    """Side of the pool's (square) images: the tiny model is built at the data's resolution."""
+    from PIL import Image
+
+    with Image.open(pool / first) as im:
+        w, h = im.size
+    if w != h or w % 8:
+        raise PretrainError(f"pool images must be square with a side divisible by 8, got {w}x{h} ({first})")
+    return w
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+def denoising_loss(unet: Any, noise_scheduler: Any, latents: Any, embeds: Any, generator: Any, *,
+                   snr_gamma: float = 0.0, offset_noise: float = 0.0, reduce: bool = True) -> Any:
+    """DDPM training loss of ``unet`` on ``latents`` (already scaled), per sample unless ``reduce``.
+
+    ``snr_gamma`` > 0 applies min-SNR-γ weighting (Hang et al. 2023); ``offset_noise`` adds per-channel constant
+    noise so the model can learn overall brightness (pure black/white backgrounds). Randomness comes only from
+    ``generator`` so a resumed run draws the same noise.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
+    if offset_noise > 0:
+        noise = noise + offset_noise * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(noise)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents.float(), noise, t)
+    target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
+        noise_scheduler.get_velocity(latents.float(), noise, t)
+    pred = unet(noisy.to(latents.dtype), t, encoder_hidden_states=embeds).sample
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma > 0:
+        loss = loss * min_snr_weights(noise_scheduler, t, snr_gamma)
+    return loss.mean() if reduce else loss
+
+
+def min_snr_weights(noise_scheduler: Any, timesteps: Any, gamma: float) -> Any:
+    """min(SNR, γ) / SNR per timestep (epsilon prediction; v-prediction divides by SNR + 1)."""
+    import torch
+
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=gamma) / snr
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        weights = torch.clamp(snr, max=gamma) / (snr + 1)
+    return weights.float()
+
+
+def check_finite(loss: Any, step: int, what: str) -> float:
+    """The loss as a float; a NaN/inf raises ``NonFiniteLoss`` (training stops, nothing from here is saved)."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"{what}: loss is {value} at step {step}; training stopped and nothing from this "
+                            f"step was saved. Lower the learning rate, use precision 'no'/bf16 instead of fp16, "
+                            f"or check the input images.")
+    return value
+
+
+class NonFiniteLoss(StageError):
+    """A NaN/inf training loss."""
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def make_accelerator(precision: str, gradient_accumulation_steps: int = 1) -> Any:
+    """An ``Accelerator`` for this run's precision, CPU when there is no CUDA.
+
+    Accelerate keeps its state in process-wide singletons that refuse a second, different mixed precision;
+    stages run one after another in one process (tests, the flow), so the precision/accumulation state is reset
+    here. The process group (``PartialState``) is kept: under ``accelerate launch`` it is shared.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps,
+                       cpu=not torch.cuda.is_available())
+
+
+def _lr_schedule(optimizer: Any, warmup: int, total: int) -> Any:
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler("cosine", optimizer, num_warmup_steps=min(warmup, total), num_training_steps=max(total, 1))
+
+
+def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int) -> dict[str, float]:
+    """Train the tiny VAE as a KL autoencoder on ``images``; return its final reconstruction MSE."""
+    import torch
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    sched = _lr_schedule(opt, cfg.warmup_steps, cfg.vae_steps)
+    vae.train()
+    recent: list[float] = []
+    for step in tqdm(range(cfg.vae_steps), desc="pretrain vae", disable=None):
+        x = images[torch.randint(0, len(images), (cfg.vae_batch_size,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        check_finite(loss, step, "pretrain vae")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        recent = (recent + [float(mse.detach())])[-20:]
+    vae.eval().requires_grad_(False)
+    return {"vae_recon_mse": sum(recent) / max(len(recent), 1)}
+
+
+def encode_pool(vae: Any, images: Any, batch: int = 256) -> tuple[Any, Any]:
+    """Posterior mean and std of every pool image (computed once: the VAE is frozen while the UNet trains)."""
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            dist = vae.encode(images[i:i + batch]).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def set_latent_scale(vae: Any, means: Any) -> float:
+    """Set ``vae.config.scaling_factor`` to 1/std of the latents (SD's 0.18215 was chosen the same way)."""
+    scale = float(1.0 / means[:_SCALE_SAMPLES].flatten().std().clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=scale)
+    return scale
+
+
+def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int) -> dict[str, float]:
+    """Pretrain the UNet to denoise pool latents under the generic caption (with caption dropout)."""
+    import torch
+    from diffusers import DDPMScheduler
+    from tqdm import tqdm
+
+    from tasks.sd import encode_prompts
+
+    accelerator = make_accelerator(cfg.precision)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    cond, uncond = encode_prompts(pipe, [cfg.caption, ""]).split(1)
+    scale = pipe.vae.config.scaling_factor
+    unet = pipe.unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
+    sched = _lr_schedule(opt, cfg.warmup_steps, cfg.steps)
+    unet, opt, sched = accelerator.prepare(unet, opt, sched)
+    gen = torch.Generator().manual_seed(seed + 1)
+    recent: list[float] = []
+    start = time.perf_counter()
+    for step in tqdm(range(cfg.steps), desc="pretrain unet", disable=None):
+        idx = torch.randint(0, len(means), (cfg.batch_size,), generator=gen)
+        eps = torch.randn(means[idx].shape, generator=gen)
+        latents = ((means[idx] + stds[idx] * eps) * scale).to(accelerator.device)
+        drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout)[:, None, None]
+        embeds = torch.where(drop, uncond, cond).to(accelerator.device)
+        with accelerator.autocast():
+            loss = denoising_loss(unet, noise_scheduler, latents, embeds, gen)
+        recent = (recent + [check_finite(loss, step, "pretrain unet")])[-50:]
+        accelerator.backward(loss)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    pipe.unet = accelerator.unwrap_model(unet).eval()
+    return {"unet_loss": sum(recent) / max(len(recent), 1),
+            "unet_steps_per_s": cfg.steps / seconds if seconds > 0 else 0.0}
+
+
+def sample_grid(pipe: Any, prompt: str, seed: int, n: int = 16, steps: int = 20) -> Any:
+    """A fixed-seed grid of ``n`` samples for ``prompt`` (PIL, 4 columns when n allows), to eyeball the base."""
+    import torch
+    from diffusers.utils import make_image_grid
+
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    images = pipe([prompt] * n, num_inference_steps=steps, guidance_scale=3.0, generator=gens).images
+    cols = 4 if n % 4 == 0 else n  # make_image_grid needs a full rectangle
+    return make_image_grid(images, rows=n // cols, cols=cols)
+
+
+# --------------------------------------------------------------------------------------------- stage
+
+
+def pretrain_tiny(params: Params, pool: Path, out_dir: Path) -> PretrainOutputs:
+    """Build, pretrain and save the tiny pipeline under ``out_dir/pipeline``."""
+    import torch
+
+    from tasks.sd import build_tiny_pipeline, model_hash, save_pipeline
+
+    cfg = params.pretrain
+    torch.manual_seed(params.seed)
+    names = read_pool(pool)
+    size = pool_image_size(pool, names[0])
+    images = load_images(pool, names, size)
+    log.info("pretraining the tiny base on %d pool images at %d²", len(images), size)
+    pipe = build_tiny_pipeline(size, params.seed)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    metrics = train_vae(pipe.vae, images, cfg, params.seed)
+    metrics["vae_seconds"] = time.perf_counter() - start
+    means, stds = encode_pool(pipe.vae, images)
+    metrics["vae_scaling_factor"] = set_latent_scale(pipe.vae, means)
+    metrics.update(train_unet(pipe, means, stds, cfg, params.seed))
+    folder = save_pipeline(pipe, out_dir / "pipeline")
+    grid = sample_grid(pipe, cfg.caption, params.seed, cfg.sample_images, cfg.sample_steps)
+    save_png_atomic(grid, out_dir / "samples.png")
+    (out_dir / "base.json").unlink(missing_ok=True)
+    atomic_write_json(out_dir / "pipeline.json", {"base_model": "tiny", "hash": model_hash(folder),
+                                                   "pool_images": len(images), "image_size": size})
+    metrics["pool_images"] = float(len(images))
+    return PretrainOutputs(out_dir, folder, None, metrics)
+
+
+def reference_base(cfg: Pretrain, out_dir: Path) -> PretrainOutputs:
+    """Record a hub id / local folder as the base after checking that it loads (no training)."""
+    import shutil
+
+    from tasks.sd import load_pipeline, model_hash
+
+    pipe = load_pipeline(cfg.base_model, variant=cfg.variant or None)
+    local = Path(cfg.base_model).expanduser()
+    record = {"base_model": cfg.base_model, "variant": cfg.variant,
+              "hash": model_hash(local) if (local / "model_index.json").is_file() else "",
+              "unet_sample_size": int(pipe.unet.config.sample_size)}
+    shutil.rmtree(out_dir / "pipeline", ignore_errors=True)
+    atomic_write_json(out_dir / "base.json", record)
+    return PretrainOutputs(out_dir, None, out_dir / "base.json", {})
+
+
+def run(params: Params, *, pool: Path, out_dir: Path) -> PretrainOutputs:
+    """Pretrain the tiny base on ``pool`` (or reference an existing base) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(out_dir)
+    if params.pretrain.base_model != "tiny":
+        return reference_base(params.pretrain, out_dir)
+    return pretrain_tiny(params, Path(pool), out_dir)
+
+
+if __name__ == "__main__":
+    cli_main("pretrain")
