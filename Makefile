@@ -17,6 +17,8 @@ export DO_NOT_TRACK=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export GX_ANALYTICS_ENABLED=false
 export HF_HUB_OFFLINE ?= 1
+# Prefect keeps its run history with the project, so `make ui` / `prefect flow-run ls` find the runs.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test test-fast venv lock review ui benchmark clean-data

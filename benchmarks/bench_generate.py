@@ -97,7 +97,9 @@ def time_naive(model: Path, params: Params, n: int, out_dir: Path) -> float:
 def speed_and_scaling(args: argparse.Namespace, root: Path) -> dict[str, float]:
     import torch
 
-    torch.set_num_threads(args.threads)  # the naive loop gets the same thread count as the stage's workers
+    # By default the naive loop gets the thread count of one stage worker; with --engine dask (one single-thread
+    # worker per core) give it the whole machine too (--naive-threads = cores) so the comparison stays fair.
+    torch.set_num_threads(args.naive_threads or args.threads)
     model, prompts = make_inputs(root, args.size)
     small = make_params(root, args, args.images)
     large = make_params(root, args, args.images * 10)
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--engine", default="local", choices=["local", "dask"])
+    ap.add_argument("--naive-threads", type=int, default=0, help="torch threads of the naive loop (0: --threads)")
     ap.add_argument("--no-scaling", dest="scaling", action="store_false")
     ap.add_argument("--kill-at", type=int, default=0, help="run the kill/resume check instead of the speed one")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -192,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    settings = {k: getattr(args, k) for k in ("images", "size", "steps", "batch_size", "precision", "threads")}
+    settings = {k: getattr(args, k) for k in ("images", "size", "steps", "batch_size", "precision", "threads",
+                                              "engine", "naive_threads")}
     print(json.dumps({"settings": settings, "result": result}, indent=2))
     return {"settings": settings, "result": result}
 

@@ -51,15 +51,13 @@ def _print_summary(params) -> None:
 
 
 def _headline(report: Path) -> str:
-    """The report's headline table (the section titled 'Headline'), if the report exists."""
+    """The report's answer and its first two tables (arms × splits, paired difference), for the terminal."""
     if not report.exists():
         return ""
-    text = report.read_text(encoding="utf-8").splitlines()
-    start = next((i for i, line in enumerate(text) if line.startswith("## Headline")), None)
-    if start is None:
-        return ""
-    end = next((i for i in range(start + 1, len(text)) if text[i].startswith("## ")), len(text))
-    return "\n".join(text[start:end]).strip()
+    lines = report.read_text(encoding="utf-8").splitlines()
+    sections = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    end = sections[2] if len(sections) > 2 else len(lines)
+    return "\n".join(line for line in lines[:end] if not line.startswith("Data: ")).strip()
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
