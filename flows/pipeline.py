@@ -69,7 +69,7 @@ def run_stage(stage: str):
         return Completed(name="WaitingForReview", message="the review checkpoint waits for a person",
                          data="waiting")
     raise RuntimeError(
-        f"stage {stage!r} failed (exit {proc.returncode}); see the log above for the cause. "
+        f"stage {stage!r} failed (exit {returncode}); see the log above for the cause. "
         f"Fix it, then resume with `synthloop run` or `dvc repro` — finished stages are not re-run."
     )
 
@@ -90,6 +90,11 @@ def _pause_for_review(params_path: str) -> None:
     params = load_params(params_path)
     with BackgroundServer(params, on_complete=resume_callback(flow_run.id)) as server:
         status = {**review_status(params), "url": server.url}
+        if status["waiting"] == 0:
+            # Someone finished (e.g. in a separate `synthloop review`) before the app started: nothing would ever
+            # resume a pause, so go straight on.
+            logger.info("review checkpoint: nothing waits any more; continuing")
+            return
         logger.warning("review checkpoint: %d of %d generated images wait for a person. Review them at %s — "
                        "the flow resumes when the last one is decided (or use Resume in the Prefect UI).",
                        status["waiting"], status["total"], server.url)

@@ -14,6 +14,11 @@ cpu_threads are therefore part of each row's ``recipe`` hash: change them and th
 The output folder persists across runs (dvc.yaml ``persist: true``), so ``run()`` reconciles first: temp files
 of a killed run are removed, images not in the current plan or not matching their manifest hash are deleted, and
 only what is missing is generated.
+
+One multi-GPU host: ``accelerate launch --num_processes N -m tasks.generate`` runs one process per GPU (without
+CUDA, ``accelerate launch --multi_gpu --num_processes N`` runs N CPU processes over gloo; tested). The main process
+reconciles the folder; the shards still missing are dealt out round-robin, each process generating its own on its
+own device; after a barrier the main process alone writes manifest, metadata, grids and metrics. Same bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -221,16 +227,19 @@ def _device_dtype(precision: str) -> tuple[str, Any]:
     return "cpu", torch.float32  # CPU bf16 runs as autocast: weights stay fp32, matmuls run in bf16
 
 
-def prepare_pipeline(model_dir: Path | str, scheduler: str, precision: str) -> Any:
-    """Load the pipeline for generation: right device/dtype, scheduler, channels_last, no progress bar."""
+def prepare_pipeline(model_dir: Path | str, scheduler: str, precision: str, device: Any = None) -> Any:
+    """Load the pipeline for generation: right device/dtype, scheduler, channels_last, no progress bar.
+
+    ``device`` overrides the default (``cuda`` when available, else ``cpu``): under accelerate, this process's GPU.
+    """
     import torch
 
     from tasks.sd import load_pipeline, set_scheduler
 
-    device, dtype = _device_dtype(precision)
-    pipe = load_pipeline(Path(model_dir), dtype=dtype, device=device)
+    kind, dtype = _device_dtype(precision)
+    pipe = load_pipeline(Path(model_dir), dtype=dtype, device=kind if device is None else device)
     set_scheduler(pipe, scheduler)
-    if device == "cuda":  # tensor-core convolutions want NHWC; on CPU it measured no faster (RESULTS.md)
+    if kind == "cuda":  # tensor-core convolutions want NHWC; on CPU it measured no faster (RESULTS.md)
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
@@ -500,6 +509,52 @@ def map_shards(jobs: list[ShardJob], g: Generate, pipe: Any = None) -> int:
     return _map_local(jobs, pipe if pipe is not None else _job_pipeline(jobs[0]))
 
 
+# --------------------------------------------------------------------------------------------- processes
+
+
+def _process_group() -> Any:
+    """accelerate's ``PartialState`` when launched as one of several processes, else None.
+
+    The launcher (torchrun, under ``accelerate launch``) sets ``WORLD_SIZE`` in every process it starts; without it
+    no process group is created, so a plain run behaves exactly as before (no barrier, no collective).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # Without cpu=True accelerate sees no GPU and falls back to one independent process per rank (no gloo group).
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _is_main(state: Any) -> bool:
+    return state is None or state.is_main_process
+
+
+def _reconcile_on_main(state: Any, out_dir: Path, plan: pd.DataFrame) -> pd.DataFrame:
+    """Only the main process deletes and rewrites files in the shared folder; the others wait for its result."""
+    valid = reconcile(out_dir, plan) if _is_main(state) else None
+    if state is None:
+        return valid
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([valid])[0]
+
+
+def _map_own_shards(state: Any, jobs: list[ShardJob], g: Generate, pipe: Any) -> int:
+    """Run this process's shards; return the images written by all processes, once all of them are done.
+
+    Under accelerate, process r takes jobs r, r+N, r+2N… of the (sorted) list of shards still missing images:
+    deterministic and balanced on resume too. A shard's images and manifest are written by one process only.
+    """
+    if state is None:
+        return map_shards(jobs, g, pipe)
+    from accelerate.utils import gather_object
+
+    written = map_shards(jobs[state.process_index::state.num_processes], g, pipe)
+    return sum(gather_object([written]))  # a barrier too: after it every shard manifest is final
+
+
 # --------------------------------------------------------------------------------------------- pictures
 
 
@@ -582,26 +637,50 @@ def _finalise(out_dir: Path, plan: pd.DataFrame, classes: Sequence[str]) -> pd.D
     return manifest
 
 
-def run(params: Params, *, model: Path, prompts: Path, out_dir: Path) -> GenerateOutputs:
-    """Plan, reconcile the persisted output, generate what is missing, then manifest, metadata and grids."""
-    from tasks.sd import model_hash as hash_model
-
-    g = params.generate
+def _read_prompts(prompts: Path) -> dict[str, Any]:
     if not prompts.is_file():
         raise FileNotFoundError(f"prompts file not found: {prompts} (run `dvc repro caption`)")
     try:
-        spec = json.loads(prompts.read_text(encoding="utf-8"))
+        return json.loads(prompts.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise StageError(f"{prompts} is not valid JSON ({err}); re-create it with `dvc repro caption`") from err
+
+
+def run(params: Params, *, model: Path, prompts: Path, out_dir: Path) -> GenerateOutputs:
+    """Plan, reconcile the persisted output, generate what is missing, then manifest, metadata and grids.
+
+    Under ``accelerate launch`` every process calls this; each returns once the main process has written the
+    shared files, with the main process's metrics.
+    """
+    from tasks.sd import model_hash as hash_model
+
+    g = params.generate
+    spec = _read_prompts(prompts)
+    state = _process_group()
+    if state is not None and g.engine != "local":
+        raise StageError(f"generate.engine is {g.engine!r}, but under `accelerate launch` the processes are the "
+                         f"engine: set generate.engine: local, or run without accelerate")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = prepare_pipeline(model, g.scheduler, g.precision)
+    pipe = prepare_pipeline(model, g.scheduler, g.precision, device=None if state is None else state.device)
     native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
     plan = plan_generation(params, spec, model_hash=hash_model(model), image_size=native)
-    valid = reconcile(out_dir, plan)
+    valid = _reconcile_on_main(state, out_dir, plan)
     jobs = shard_jobs(plan, valid, model_dir=model, out_dir=out_dir, g=g)
     start = time.perf_counter()
-    written = map_shards(jobs, g, pipe)
+    written = _map_own_shards(state, jobs, g, pipe)
     seconds = time.perf_counter() - start
+    metrics = _summarise(out_dir, plan, spec, pipe, g, written, len(valid), seconds) if _is_main(state) else None
+    if state is not None:  # the other processes return only once the shared files exist
+        from accelerate.utils import broadcast_object_list
+
+        metrics = broadcast_object_list([metrics])[0]
+    return GenerateOutputs(images=out_dir / _IMAGES, manifest=out_dir / "manifest.csv",
+                           metadata=out_dir / "metadata.csv", grids=out_dir / "grids", metrics=metrics)
+
+
+def _summarise(out_dir: Path, plan: pd.DataFrame, spec: dict[str, Any], pipe: Any, g: Generate, written: int,
+               reused: int, seconds: float) -> dict[str, float]:
+    """Main process only: manifest, metadata, grids (to MLflow too); return the stage metrics."""
     manifest = _finalise(out_dir, plan, spec["classes"])
     grids = _write_class_grids(out_dir, manifest, g.grid_per_class)
     if g.interpolation_frames:
@@ -610,12 +689,11 @@ def run(params: Params, *, model: Path, prompts: Path, out_dir: Path) -> Generat
         stale.unlink()
     _log_grids(grids)
     counts = manifest["status"].value_counts()
-    metrics = {"images": float(len(manifest)), "generated": float(written), "reused": float(len(valid)),
+    metrics = {"images": float(len(manifest)), "generated": float(written), "reused": float(reused),
                "images_per_second": round(written / seconds, 3) if written else 0.0,
                **{f"status_{s}": float(counts.get(s, 0)) for s in STATUSES}}
     log.info("generate: %d images (%d new), statuses %s", len(manifest), written, counts.to_dict())
-    return GenerateOutputs(images=out_dir / _IMAGES, manifest=out_dir / "manifest.csv",
-                           metadata=out_dir / "metadata.csv", grids=out_dir / "grids", metrics=metrics)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -81,14 +82,27 @@ def pause_description(status: dict[str, Any]) -> str:
     )
 
 
-def resume_callback(flow_run_id: UUID | str) -> Callable[[dict[str, Any]], None]:
-    """An ``on_complete`` for the review app: resume the paused flow run with ``ReviewInput`` data."""
+def resume_callback(flow_run_id: UUID | str, *, not_paused_wait_s: float = 60.0) -> Callable[[dict[str, Any]], None]:
+    """An ``on_complete`` for the review app: resume the paused flow run with ``ReviewInput`` data.
+
+    The flow starts the app just before it pauses, so a fast reviewer can finish while the run is not paused yet:
+    the resume is retried for up to ``not_paused_wait_s`` seconds rather than lost (the run would wait forever).
+    """
 
     def _resume(summary: dict[str, Any]) -> None:
+        from prefect.exceptions import NotPausedError
         from prefect.flow_runs import resume_flow_run
 
         run_input = ReviewInput(reviewer=summary.get("reviewer") or "unknown", action="done").model_dump()
         log.info("review complete; resuming flow run %s", flow_run_id)
-        resume_flow_run(UUID(str(flow_run_id)), run_input=run_input)
+        deadline = time.monotonic() + not_paused_wait_s
+        while True:
+            try:
+                resume_flow_run(UUID(str(flow_run_id)), run_input=run_input)
+                return
+            except NotPausedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     return _resume

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,10 @@ def run_stage(stage: str, params: Params) -> Any:
         raise StageError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
     module = importlib.import_module(f"tasks.{stage}")
     inputs = stage_inputs(params, stage)
+    if os.environ.get("RANK", "0") != "0":
+        # Under `accelerate launch` (its torchrun sets RANK) every process runs this entry point; only rank 0, the
+        # main process, opens the MLflow run and writes metrics/<stage>.json, so a stage run is recorded once.
+        return module.run(params, **inputs, out_dir=stage_output(params, stage))
     hashes = {k: tree_hash(v) if v.is_dir() else "" for k, v in inputs.items() if v.exists()}
     start = time.perf_counter()
     with stage_run(stage, params, hashes) as run:

@@ -339,3 +339,55 @@ def test_dask_two_workers_byte_identical_to_in_process(inputs, tmp_path, referen
     out = _run(params, inputs, tmp_path / "out")
     assert out.metrics["generated"] == 8
     assert _snapshot(tmp_path / "out") == reference
+
+
+LAUNCHED = '''
+import sys
+sys.path.insert(0, {tests!r})
+import tasks
+from pathlib import Path
+from conftest import make_params
+from tasks import generate as G
+from tasks.stage import run_stage
+real = G.generate_shard
+def traced(job, *args, **kwargs):
+    print(f"RANK {{G._process_group().process_index}} SHARD {{job.shard}}", flush=True)
+    return real(job, *args, **kwargs)
+G.generate_shard = traced
+out = run_stage("generate", make_params(Path({root!r})))
+print("RANK-DONE", int(out.metrics["generated"]), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_byte_identical_to_in_process(inputs, tmp_path, reference):
+    """`accelerate launch --num_processes 2 -m tasks.generate` (one process per GPU) splits the shards between the
+    processes; the main process alone cleans, merges and logs, and the output is the in-process run's, byte for byte."""
+    import shutil
+
+    import mlflow
+
+    params = make_params(tmp_path)
+    shutil.copytree(inputs[0], params.paths.dreambooth / "model")
+    (params.paths.caption).mkdir(parents=True)
+    shutil.copy(inputs[1], params.paths.caption / "prompts.json")
+    out_dir = params.paths.generate
+    (out_dir / "images" / "big").mkdir(parents=True)
+    (out_dir / "images" / "big" / "009999.png").write_bytes(b"left over from an old plan")
+    (out_dir / "images" / "big" / f"{TEMP_PREFIX}left-by-kill.png").write_bytes(b"\x89PNG partial")
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED.format(tests=str(Path(__file__).parent), root=str(tmp_path)))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    # --multi_gpu on a machine without CUDA is accelerate's multi-CPU (gloo) launcher; --cpu would run one process.
+    proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                          capture_output=True, text=True, timeout=170, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK ")) == [
+        "RANK 0 SHARD 0", "RANK 1 SHARD 1"]  # each shard generated once, by its own process
+    assert proc.stdout.count("RANK-DONE 8") == 2  # every process returns the main process's metrics
+    assert _snapshot(out_dir) == reference
+    runs = mlflow.search_runs(experiment_names=["synthloop"], output_format="list")
+    assert [r.info.run_name for r in runs] == ["generate"] and runs[0].data.metrics["generated"] == 8
+    assert json.loads((params.paths.metrics / "generate.json").read_text())["generated"] == 8
