@@ -62,6 +62,9 @@ def run_stage(stage: str):
     logger.info("running stage %s", stage)
     returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage])
     if returncode == 0:
+        if "is cached - skipping run" in output:
+            # DVC's run cache had this exact stage (same code, params, data): outputs restored, nothing computed.
+            return Completed(name="Cached", message=f"{stage}: restored from DVC's run cache", data="cached")
         return "ran"
     # dvc repro reports the command's own exit status in its error line ("... exited with 3").
     if stage == "review" and f"exited with {EXIT_WAITING}" in output:

@@ -70,3 +70,21 @@ def test_flow_lineage_in_mlflow(project: Path, monkeypatch: pytest.MonkeyPatch):
     assert set(children) == {"phantom", "ingest"}
     assert children["ingest"].data.tags["mlflow.source.git.commit"] != "unknown"
     assert children["ingest"].data.metrics, "stage metrics are logged on the nested run"
+
+
+def test_flow_reports_run_cache_restores_as_cached(project: Path, monkeypatch: pytest.MonkeyPatch):
+    """Outputs deleted but DVC's run cache has the stage: restored, reported as Cached (not as work done)."""
+    import shutil
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import synthloop_loop
+
+    monkeypatch.chdir(project)
+    for key, value in env_for(project).items():
+        monkeypatch.setenv(key, value)
+    dvc(project, "repro", "phantom")
+    shutil.rmtree(project / "data" / "phantom")
+    with prefect_test_harness():
+        assert synthloop_loop(stages=["phantom"]) == {"phantom": "cached"}
+    assert (project / "data" / "phantom" / "labeled" / "metadata.csv").exists()
