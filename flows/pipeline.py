@@ -27,11 +27,6 @@ from tasks.stage import EXIT_WAITING
 
 log = logging.getLogger(__name__)
 
-#: Stages whose failure is worth an automatic retry (transient: disk, a killed worker); deterministic errors
-#: (bad params, bad data) fail the same way again, so most stages get none.
-RETRIES = {"generate": 1, "dreambooth": 1, "pretrain": 1}
-
-
 def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], text=True, capture_output=True, check=check)
 
@@ -52,6 +47,8 @@ def _run_streaming(cmd: list[str]) -> tuple[int, str]:
     return proc.returncode, "".join(lines)
 
 
+# No automatic retries: most stage failures are deterministic (bad params or data) and would fail again after
+# minutes of work; a re-run resumes where the stage supports it (generate, dreambooth checkpoints).
 @task(name="stage", task_run_name="{stage}", retries=0)
 def run_stage(stage: str):
     """Reproduce one DVC stage; a stage that was already current ends as Skipped (cached)."""
