@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_params
+from conftest import free_port, make_params
 from tasks import dreambooth, pretrain
 from tasks.dreambooth import DreamboothError, batch_indices, image_flags, list_checkpoints
 from tasks.pretrain import NonFiniteLoss
@@ -317,8 +317,9 @@ def test_accelerate_launch_two_cpu_processes(tmp_path: Path, world: dict) -> Non
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # --multi_gpu on a machine without CUDA is accelerate's multi-CPU (gloo) launcher; --cpu would run one process.
     proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--main_process_port", str(free_port()),
                            "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                          capture_output=True, text=True, timeout=170, env=env)
+                          capture_output=True, text=True, timeout=480, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("RANK-DONE") == 2
     model = tmp_path / "data" / "dreambooth" / "model"

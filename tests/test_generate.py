@@ -20,7 +20,7 @@ from tasks.io import TEMP_PREFIX, atomic_open, sha256_file
 from tasks.stage import StageError
 from tasks.validation import ValidationFailed, validate
 
-from conftest import make_params
+from conftest import free_port, make_params
 
 CLASSES = ["small", "big"]
 PROMPTS = {"classes": CLASSES,
@@ -380,8 +380,9 @@ def test_accelerate_launch_two_cpu_processes_byte_identical_to_in_process(inputs
     accelerate = Path(sys.executable).parent / "accelerate"
     # --multi_gpu on a machine without CUDA is accelerate's multi-CPU (gloo) launcher; --cpu would run one process.
     proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--main_process_port", str(free_port()),
                            "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                          capture_output=True, text=True, timeout=170, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=480, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK ")) == [
