@@ -50,7 +50,13 @@ def params(tmp_path: Path) -> Params:
 @pytest.fixture(autouse=True)
 def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MLflow and Prefect never touch the developer's stores during tests."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    if "mlflow" in sys.modules:
+        # mlflow keeps the URI an earlier test set as process state; the environment alone does not reset it.
+        sys.modules["mlflow"].set_tracking_uri(uri)
     monkeypatch.delenv("SYNTHLOOP_PARENT_RUN_ID", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
 
