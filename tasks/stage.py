@@ -7,7 +7,6 @@ returned metrics to ``metrics/<stage>.json`` and MLflow. No CLI flag repeats a p
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import os
@@ -108,8 +107,3 @@ def cli_main(stage: str, argv: list[str] | None = None) -> None:
         log.error("stage %s failed: %s\n  fix the cause, then resume with: dvc repro %s  (or: synthloop run)",
                   stage, err, stage)
         sys.exit(1)
-
-
-def outputs_dict(outputs: Any) -> dict[str, Any]:
-    """Outputs dataclass as a plain dict of strings/numbers (for logs and Prefect artifacts)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(outputs).items()}

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +148,3 @@ def log_model_files(folder: Path, artifact_path: str, registered_name: str | Non
     version = client.create_model_version(registered_name, source, run_id=run_id)
     if alias:
         client.set_registered_model_alias(registered_name, alias, version.version)
-
-
-def scratch_dir() -> Path:
-    """A temp folder for artifacts that only go to MLflow (never into data/)."""
-    return Path(tempfile.mkdtemp(prefix="synthloop-mlflow-"))

@@ -73,3 +73,22 @@ def test_tree_hash_depends_on_content_and_names(tmp_path: Path):
 def test_carriage_return_and_numbers():
     assert sio.safe_csv_cell("\rx") == "'\rx"
     assert sio.safe_csv_cell(-5) == -5 and sio.safe_csv_cell("a=b") == "a=b"
+
+
+def test_restore_numeric_turns_numeric_text_back_into_numbers_only_where_asked():
+    df = pd.DataFrame({"angle": ["-12.5", "101.0"], "label": ["1", "2"], "note": ["-x", "ok"]})
+    out = sio.restore_numeric(df, ["angle", "note"])
+    assert out["angle"].tolist() == [-12.5, 101.0], "negative angles are data again"
+    assert out["label"].tolist() == ["1", "2"], "columns not named stay text (a label '1' is not a number)"
+    assert out["note"].tolist() == ["-x", "ok"], "a column with any non-number stays text"
+    assert df["angle"].tolist() == ["-12.5", "101.0"], "the input is not modified"
+
+
+def test_offline_defaults_never_override_the_user(monkeypatch: pytest.MonkeyPatch):
+    from tasks.env import apply_offline_defaults
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("DVC_NO_ANALYTICS", raising=False)
+    apply_offline_defaults()
+    assert os.environ["HF_HUB_OFFLINE"] == "0", "a user who allows downloads keeps that choice"
+    assert os.environ["DVC_NO_ANALYTICS"] == "1"
