@@ -23,6 +23,7 @@ import pandas as pd
 from tasks.io import (TEMP_PREFIX, atomic_write_bytes, atomic_write_csv, atomic_write_json, clean_stale_temp,
                       restore_numeric)
 from tasks.params import Params
+from tasks.sd import PROMPT_SEPARATOR
 from tasks.stage import StageError, cli_main
 from tasks.validation import validate
 
@@ -95,13 +96,22 @@ def caption_table(manifest: pd.DataFrame, template: str, thing: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def build_prompts(classes: tuple[str, ...], token: str, thing: str) -> dict[str, Any]:
-    """DreamBooth prompts: one instance prompt per class (``photo of <token> <class> <thing>``) and the class prompt."""
+def build_prompts(classes: tuple[str, ...], token: str, thing: str,
+                  class_negatives: bool = False) -> dict[str, Any]:
+    """DreamBooth prompts: one instance prompt per class (``photo of <token> <class> <thing>``) and the class prompt.
+
+    With ``class_negatives``, ``negative_prompts`` maps each class to the other classes' instance prompts, joined by
+    ``tasks.sd.PROMPT_SEPARATOR`` (their text embeddings are averaged; with two classes it is simply the other one).
+    """
     if not classes:
         raise CaptionError("no classes to build prompts for")
-    return {"classes": list(classes),
-            "instance_prompts": {c: f"photo of {token} {c} {thing}" for c in classes},
-            "class_prompt": f"photo of a {thing}"}
+    instance = {c: f"photo of {token} {c} {thing}" for c in classes}
+    prompts: dict[str, Any] = {"classes": list(classes), "instance_prompts": instance,
+                               "class_prompt": f"photo of a {thing}"}
+    if class_negatives and len(classes) > 1:
+        prompts["negative_prompts"] = {c: PROMPT_SEPARATOR.join(instance[o] for o in classes if o != c)
+                                       for c in classes}
+    return prompts
 
 
 def link_or_copy(src: Path, dst: Path) -> bool:
@@ -162,7 +172,8 @@ def run(params: Params, *, trainval: Path, out_dir: Path) -> CaptionOutputs:
         metrics[f"n_{split}"] = float(len(table))
         metrics[f"n_{split}_user_captions"] = float((table["caption_source"] == "user").sum())
         metrics[f"n_{split}_linked"] = float(n_linked)
-    prompts = build_prompts(params.classes, params.caption.instance_token, params.caption.thing)
+    prompts = build_prompts(params.classes, params.caption.instance_token, params.caption.thing,
+                            params.caption.class_negatives)
     atomic_write_json(out_dir / "prompts.json", prompts)
     log.info("caption: %s", metrics)
     return CaptionOutputs(out_dir / "train", out_dir / "val", out_dir / "prompts.json", metrics)

@@ -389,18 +389,26 @@ def image_flags(images: Any) -> list[str]:
     return flags
 
 
-def validation_grid(pipe: Any, prompts: list[str], n: int, seed: int, cfg: Dreambooth) -> tuple[Any, dict]:
-    """One row per prompt, the same ``n`` seeds in every row; returns the grid and flag/difference metrics."""
+def validation_grid(pipe: Any, prompts: list[tuple[str, str]], n: int, seed: int,
+                    cfg: Dreambooth) -> tuple[Any, dict]:
+    """One row per (prompt, negative prompt), the same ``n`` seeds in every row; the grid and flag/difference metrics.
+
+    Negative prompts follow prompts.json as generation does (``class_negatives``), so the grid previews what the
+    generate stage will make of each class.
+    """
     import numpy as np
     import torch
     from diffusers.utils import make_image_grid
     from PIL import Image
 
+    from tasks.sd import prompt_embedding
+
     rows = []
-    for prompt in prompts:
+    for prompt, negative in prompts:
         gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-        out = pipe([prompt] * n, num_inference_steps=cfg.inference_steps, guidance_scale=cfg.guidance_scale,
-                   generator=gens, output_type="np").images
+        pos, neg = (prompt_embedding(pipe, text).expand(n, -1, -1) for text in (prompt, negative))
+        out = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=cfg.inference_steps,
+                   guidance_scale=cfg.guidance_scale, generator=gens, output_type="np").images
         rows.append(out)
     flags = [f for row in rows for f in image_flags(row)]
     pil = [Image.fromarray((np.nan_to_num(img) * 255).round().clip(0, 255).astype("uint8")) for r in rows for img in r]
@@ -410,13 +418,15 @@ def validation_grid(pipe: Any, prompts: list[str], n: int, seed: int, cfg: Dream
     return make_image_grid(pil, rows=len(rows), cols=n), metrics
 
 
-def validation_prompts(caption: Path, cfg: Dreambooth) -> list[str]:
-    """Per class, the prompt validation uses: the instance prompt, or the class's first caption (per_image)."""
+def validation_prompts(caption: Path, cfg: Dreambooth) -> list[tuple[str, str]]:
+    """Per class, the (prompt, negative prompt) validation uses: the instance prompt, or the class's first caption
+    (per_image), with the class's negative prompt from prompts.json ("" when there is none)."""
     _names, labels, texts, prompts = read_caption(caption, cfg.caption_mode)
+    negatives = prompts.get("negative_prompts") or {}
     if cfg.caption_mode == "class":
-        return [prompts["instance_prompts"][c] for c in prompts["classes"]]
+        return [(prompts["instance_prompts"][c], negatives.get(c, "")) for c in prompts["classes"]]
     first = dict(reversed(list(zip(labels, texts))))
-    return [first[c] for c in prompts["classes"] if c in first]
+    return [(first[c], negatives.get(c, "")) for c in prompts["classes"] if c in first]
 
 
 def _tracking_run() -> Any:

@@ -126,6 +126,18 @@ def _recipe(row: dict[str, Any], g: Generate) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def negative_prompt(template: str, class_negative: str, user_negative: str) -> str:
+    """An image's negative prompt: the other classes' prompts (same template as its own prompt) and/or the user's.
+
+    Parts are joined by ``PROMPT_SEPARATOR``; their embeddings are averaged at render time (``prompt_embedding``).
+    """
+    from tasks.sd import PROMPT_SEPARATOR
+
+    parts = [template.format(prompt=p) for p in class_negative.split(PROMPT_SEPARATOR) if p]
+    parts += [user_negative] if user_negative else []
+    return PROMPT_SEPARATOR.join(parts)
+
+
 def plan_generation(params: Params, prompts: dict[str, Any], *, model_hash: str = "",
                     image_size: int | None = None) -> pd.DataFrame:
     """One row per image to generate: label, prompt, seed, sampler settings, shard, batch and slot.
@@ -145,14 +157,17 @@ def plan_generation(params: Params, prompts: dict[str, Any], *, model_hash: str 
         raise StageError(f"image size must be a positive multiple of 8, got {size!r} (set generate.image_size)")
     labels = _interleave(class_counts(classes, g.num_images, g.class_ratios))
     templates = g.prompt_templates or ("{prompt}",)
+    class_negatives = prompts.get("negative_prompts") or {}
     per_class = dict.fromkeys(classes, 0)
     rows = []
     for index, label in enumerate(labels):
         k, per_class[label] = per_class[label], per_class[label] + 1
         shard, in_shard = divmod(index, g.shard_size)
+        template = templates[k % len(templates)]
         row = {"index": index, "file_name": f"{_IMAGES}/{label}/{index:06d}.png", "intended_label": label,
-               "prompt": templates[k % len(templates)].format(prompt=instance[label]),
-               "negative_prompt": g.negative_prompt, "seed": derive_seed(params.seed, index),
+               "prompt": template.format(prompt=instance[label]),
+               "negative_prompt": negative_prompt(template, class_negatives.get(label, ""), g.negative_prompt),
+               "seed": derive_seed(params.seed, index),
                "scheduler": g.scheduler, "steps": g.num_inference_steps, "guidance": g.guidance_scale,
                "height": size, "width": size, "model_hash": model_hash, "shard": shard,
                "batch": in_shard // g.batch_size, "slot": in_shard % g.batch_size}
@@ -261,9 +276,9 @@ def _job_pipeline(job: ShardJob) -> Any:
 def _embed(pipe: Any, text: str, cache: dict[str, Any]) -> Any:
     """Text embedding of one prompt, computed once (always alone, so its bits never depend on other prompts)."""
     if text not in cache:
-        from tasks.sd import encode_prompts
+        from tasks.sd import prompt_embedding
 
-        cache[text] = encode_prompts(pipe, [text]).to(pipe.unet.dtype)
+        cache[text] = prompt_embedding(pipe, text).to(pipe.unet.dtype)
     return cache[text]
 
 
@@ -478,6 +493,11 @@ def _dask_runner(g: Generate) -> Any:
 
     if g.dask_address:
         return DaskTaskRunner(address=g.dask_address)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if g.dask_workers * g.cpu_threads > cores:
+        log.warning("generate: %d Dask workers x %d torch threads on %d cores oversubscribe the CPU (OpenMP threads "
+                    "then spin against each other); set generate.cpu_threads so that workers x threads <= cores",
+                    g.dask_workers, g.cpu_threads, cores)
     # One single-threaded process per worker: torch sets its own threads (cpu_threads) inside the shard.
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": g.dask_workers, "threads_per_worker": 1,

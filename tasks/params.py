@@ -118,6 +118,10 @@ class Caption(_Section):
     template: str = "X-ray of a dog hip, {label} hip angle"
     thing: str = "hip xray"
     instance_token: str = "zwx"
+    #: prompts.json also gets a negative prompt per class: the other classes' instance prompts. Generation and the
+    #: DreamBooth validation grid then guide each image *away from the other classes* instead of away from the
+    #: empty prompt (classifier-free guidance between classes; see README "Class negatives").
+    class_negatives: bool = True
 
     @field_validator("instance_token")
     @classmethod
@@ -208,7 +212,7 @@ class Generate(_Section):
     #: auto (fp16 on CUDA, fp32 on CPU) | fp32 | bf16 (CPU: autocast; CUDA: weights) | fp16 (CUDA only).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     #: Torch CPU threads per shard worker. Fixed because CPU float results depend on the thread count.
-    cpu_threads: int = Field(1, ge=1)
+    cpu_threads: int = Field(2, ge=1)
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1)
     writer_threads: int = Field(2, ge=1)

@@ -21,7 +21,7 @@ SHRINK = {
                  "sample_steps": 2},
     "dreambooth": {"steps": 4, "batch_size": 2, "num_class_images": 4, "checkpoint_every": 2,
                    "validation_every": 4, "validation_images": 2, "inference_steps": 2},
-    "generate": {"num_images": 8, "batch_size": 4, "num_inference_steps": 2, "shard_size": 4},
+    "generate": {"num_images": 8, "batch_size": 4, "num_inference_steps": 2, "shard_size": 4, "cpu_threads": 1},
     "baseline": {"epochs": 2},
     "evaluate": {"seeds": [0, 1]},
 }

@@ -43,6 +43,14 @@ def test_build_prompts_per_class() -> None:
         caption.build_prompts((), "zwx", "hip xray")
 
 
+def test_build_prompts_class_negatives_name_every_other_class() -> None:
+    two = caption.build_prompts(("small", "big"), "zwx", "hip xray", class_negatives=True)
+    assert two["negative_prompts"] == {"small": "photo of zwx big hip xray", "big": "photo of zwx small hip xray"}
+    four = caption.build_prompts(("1", "2", "3", "4"), "zwx", "teat", class_negatives=True)
+    assert four["negative_prompts"]["2"] == "photo of zwx 1 teat | photo of zwx 3 teat | photo of zwx 4 teat"
+    assert "negative_prompts" not in caption.build_prompts(("only",), "zwx", "teat", class_negatives=True)
+
+
 def test_run_writes_imagefolders_for_train_and_val_only(params) -> None:
     trainval = _ingested(params)
     out = caption.run(params, trainval=trainval, out_dir=params.paths.caption)

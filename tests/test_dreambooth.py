@@ -143,6 +143,30 @@ def test_read_caption_errors_name_the_problem(tmp_path: Path) -> None:
         dreambooth.read_caption(folder, "class")
 
 
+def test_validation_uses_the_class_negatives_of_prompts_json(tmp_path: Path) -> None:
+    from tasks.sd import build_tiny_pipeline
+
+    folder = write_caption(tmp_path / "c", per_class=1)
+    cfg = make_params(tmp_path).dreambooth
+    assert dreambooth.validation_prompts(folder, cfg) == [("photo of zwx small hip xray", ""),
+                                                          ("photo of zwx big hip xray", "")]
+    prompts = json.loads((folder / "prompts.json").read_text())
+    prompts["negative_prompts"] = {"small": "photo of zwx big hip xray", "big": "photo of zwx small hip xray"}
+    (folder / "prompts.json").write_text(json.dumps(prompts))
+    pairs = dreambooth.validation_prompts(folder, cfg)
+    assert pairs == [("photo of zwx small hip xray", "photo of zwx big hip xray"),
+                     ("photo of zwx big hip xray", "photo of zwx small hip xray")]
+    per_image = make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"}}).dreambooth
+    assert dreambooth.validation_prompts(folder, per_image)[1] == ("X-ray of a dog hip, big hip angle 0",
+                                                                   "photo of zwx small hip xray")
+    pipe = build_tiny_pipeline(SIZE, 0)
+    pipe.set_progress_bar_config(disable=True)
+    quick = make_params(tmp_path, {"dreambooth": {"inference_steps": 2}}).dreambooth
+    with_neg, _ = dreambooth.validation_grid(pipe, pairs[:1], 2, 0, quick)
+    without, _ = dreambooth.validation_grid(pipe, [(pairs[0][0], "")], 2, 0, quick)
+    assert with_neg.size == without.size and np.asarray(with_neg).tolist() != np.asarray(without).tolist()
+
+
 def test_fp16_on_cpu_is_refused(tmp_path: Path, world: dict) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present: fp16 is allowed")

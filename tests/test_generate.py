@@ -93,6 +93,20 @@ def test_plan_is_balanced_deterministic_and_laid_out_in_shards(tmp_path):
     assert not set(other["seed"]) & set(G.plan_generation(make_params(tmp_path), PROMPTS, image_size=32)["seed"])
 
 
+def test_plan_class_negatives_follow_the_template_and_join_the_users(tmp_path):
+    prompts = {**PROMPTS, "negative_prompts": {"small": "photo of zwx big hip xray",
+                                               "big": "photo of zwx small hip xray"}}
+    params = make_params(tmp_path, {"generate": {"num_images": 4, "prompt_templates": ["{prompt}", "{prompt}, sharp"]}})
+    plan = G.plan_generation(params, prompts, image_size=32)
+    small = plan[plan["intended_label"] == "small"]["negative_prompt"].tolist()
+    assert small == ["photo of zwx big hip xray", "photo of zwx big hip xray, sharp"]
+    user = make_params(tmp_path, {"generate": {"num_images": 2, "negative_prompt": "blurry"}})
+    assert G.plan_generation(user, prompts, image_size=32)["negative_prompt"].tolist() == [
+        "photo of zwx big hip xray | blurry", "photo of zwx small hip xray | blurry"]
+    assert set(G.plan_generation(user, PROMPTS, image_size=32)["negative_prompt"]) == {"blurry"}
+    assert set(G.plan_generation(make_params(tmp_path), PROMPTS, image_size=32)["negative_prompt"]) == {""}
+
+
 def test_derive_seed_is_stable_across_processes_and_versions():
     # A fixed value: a change of hashing (e.g. Python's salted hash()) would silently change every image.
     assert G.derive_seed(100, 0) == 1868645343657104397

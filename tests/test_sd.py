@@ -71,6 +71,17 @@ def test_load_pipeline_from_saved_folder_generates(saved_tiny: Path) -> None:
     assert out.shape == (1, 32, 32, 3) and (out == again).all()
 
 
+def test_prompt_embedding_averages_separated_parts() -> None:
+    import torch
+
+    pipe = sd.build_tiny_pipeline(32, 0)
+    a, b = (sd.encode_prompts(pipe, [t]) for t in ("photo of zwx small hip xray", "photo of zwx big hip xray"))
+    assert torch.equal(sd.prompt_embedding(pipe, "photo of zwx small hip xray"), a)
+    both = sd.prompt_embedding(pipe, "photo of zwx small hip xray | photo of zwx big hip xray")
+    assert both.shape == a.shape and torch.allclose(both, (a + b) / 2, atol=1e-6)
+    assert not torch.allclose(both, a)
+
+
 def test_load_pipeline_missing_folder_names_path_and_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable, match=r"no diffusers pipeline at .*nowhere.*dvc repro"):
         sd.load_pipeline(tmp_path / "nowhere")
