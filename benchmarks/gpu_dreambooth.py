@@ -13,6 +13,9 @@ Usage (on a CUDA machine):
 
 800-step wall time is extrapolated from the timed steps after warm-up (plus nothing for checkpoints/validation).
 Goal from issue 3: 800 steps <= 90 s on one H100.
+
+``--smoke`` runs the same code on the CPU with the SD1.5 configs shrunk (the test suite runs it so the script does
+not rot between GPU sessions); its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -57,18 +60,35 @@ SD15_TEXT = {
     "projection_dim": 768,
 }
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: ``--smoke``: the same architecture families, shrunk so a CPU runs a step in a second.
+SMOKE = {"unet": {"sample_size": 8, "block_out_channels": (32, 32, 64, 64), "cross_attention_dim": 32,
+                  "norm_num_groups": 16, "layers_per_block": 1},
+         "vae": {"sample_size": 64, "block_out_channels": (16, 16, 32, 32), "norm_num_groups": 16,
+                 "layers_per_block": 1},
+         "text": {"vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                  "num_attention_heads": 2, "bos_token_id": 998, "eos_token_id": 999, "pad_token_id": 999},
+         "resolution": 64}
 
 
-def build(mode: str, device: str):
+def configs(smoke: bool) -> tuple[dict, dict, dict, int]:
+    """UNet, VAE and text-encoder config dicts and the image resolution (SD1.5's, or shrunk for ``--smoke``)."""
+    if not smoke:
+        return SD15_UNET, SD15_VAE, SD15_TEXT, 512
+    return ({**SD15_UNET, **SMOKE["unet"]}, {**SD15_VAE, **SMOKE["vae"]}, {**SD15_TEXT, **SMOKE["text"]},
+            SMOKE["resolution"])
+
+
+def build(mode: str, device: str, smoke: bool = False):
     """SD1.5-shaped UNet/VAE/text encoder with random weights; trainable weights fp32, frozen ones bf16."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    unet_cfg, vae_cfg, text_cfg, _ = configs(smoke)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    vae = AutoencoderKL(**SD15_VAE).to(device, torch.bfloat16).requires_grad_(False)
-    text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(device, torch.bfloat16).requires_grad_(False)
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**vae_cfg).to(device, torch.bfloat16).requires_grad_(False)
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg)).to(device, torch.bfloat16).requires_grad_(False)
     if mode == "lora":
         from peft import LoraConfig
 
@@ -83,24 +103,33 @@ def build(mode: str, device: str):
     return unet, vae, text, sched
 
 
-def train_steps(mode: str, batch: int, steps: int, warmup: int, device: str) -> dict:
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_steps(mode: str, batch: int, steps: int, warmup: int, device: str, smoke: bool = False) -> dict:
     """Time ``steps`` optimizer steps after ``warmup``; return steps/s, peak memory and extrapolations."""
     import torch
     import torch.nn.functional as F
 
-    torch.cuda.reset_peak_memory_stats()
-    unet, vae, text, sched = build(mode, device)
+    _, vae_cfg, text_cfg, resolution = configs(smoke)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    unet, vae, text, sched = build(mode, device, smoke)
     params = [p for p in unet.parameters() if p.requires_grad]
     lr = 1e-6 if mode == "full" else 1e-4
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)
     n = 2 * batch  # prior preservation: instance + class images in every batch
-    images = torch.randn(n, 3, 512, 512, device=device, dtype=torch.bfloat16)
-    ids = torch.randint(0, SD15_TEXT["vocab_size"], (n, 77), device=device)
+    images = torch.randn(n, 3, resolution, resolution, device=device, dtype=torch.bfloat16)
+    ids = torch.randint(0, text_cfg["vocab_size"], (n, 77), device=device)
     alphas = sched.alphas_cumprod.to(device)
 
     def step() -> None:
         with torch.no_grad():
-            latents = vae.encode(images).latent_dist.sample() * SD15_VAE["scaling_factor"]
+            latents = vae.encode(images).latent_dist.sample() * vae_cfg["scaling_factor"]
             embeds = text(ids)[0]
         noise = torch.randn_like(latents, dtype=torch.float32)
         t = torch.randint(0, 1000, (n,), device=device)
@@ -117,18 +146,20 @@ def train_steps(mode: str, batch: int, steps: int, warmup: int, device: str) -> 
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     seconds = time.perf_counter() - start
     sps = steps / seconds
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
     result = {"mode": mode, "batch": batch, "images_per_step": n, "steps_per_s": round(sps, 3),
-              "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-              "wall_800_steps_s": round(800 / sps, 1), "trainable_params_m": round(sum(p.numel() for p in params) / 1e6, 2)}
+              "peak_gpu_gib": peak, "wall_800_steps_s": round(800 / sps, 1),
+              "trainable_params_m": round(sum(p.numel() for p in params) / 1e6, 2)}
     del unet, vae, text, opt
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return result
 
 
@@ -139,33 +170,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--smoke", action="store_true", help="CPU, shrunk configs: checks the script, measures nothing")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import tasks  # noqa: F401  (torchvision guard before diffusers)
     import torch
 
-    if not torch.cuda.is_available():
+    if args.smoke:
+        device, name = "cpu", "cpu (smoke run: shrunk configs, figures mean nothing)"
+    elif not torch.cuda.is_available():
         print("gpu_dreambooth: no CUDA device found; this benchmark needs a GPU (run it on an H100/A100 machine). "
               "CPU figures come from benchmarks/bench_dreambooth.py.", file=sys.stderr)
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-    device = "cuda"
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        device, name = "cuda", torch.cuda.get_device_name(0)
+    print(f"device: {name}, torch {torch.__version__}", flush=True)
     results = []
     for mode in args.modes:
         for batch in args.batches:
             try:
-                r = train_steps(mode, batch, args.steps, args.warmup, device)
+                r = train_steps(mode, batch, args.steps, args.warmup, device, args.smoke)
             except torch.cuda.OutOfMemoryError:
                 r = {"mode": mode, "batch": batch, "error": "out of GPU memory"}
                 torch.cuda.empty_cache()
             results.append(r)
             print(json.dumps(r), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "results": results}, indent=2))
+        args.out.write_text(json.dumps({"device": name, "results": results}, indent=2))
     return 0
 
 

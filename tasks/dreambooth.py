@@ -411,11 +411,27 @@ def validation_grid(pipe: Any, prompts: list[tuple[str, str]], n: int, seed: int
                    guidance_scale=cfg.guidance_scale, generator=gens, output_type="np").images
         rows.append(out)
     flags = [f for row in rows for f in image_flags(row)]
-    pil = [Image.fromarray((np.nan_to_num(img) * 255).round().clip(0, 255).astype("uint8")) for r in rows for img in r]
     diffs = [float(np.abs(rows[a] - rows[b]).mean()) for a in range(len(rows)) for b in range(a + 1, len(rows))]
     metrics = {"validation_flagged": float(sum(f != "ok" for f in flags)),
                "validation_class_difference": float(np.mean(diffs)) if diffs else 0.0}
+    if len(rows) > 1:
+        rows.append(class_spread(rows))
+    pil = [Image.fromarray((np.nan_to_num(img) * 255).round().clip(0, 255).astype("uint8")) for r in rows for img in r]
     return make_image_grid(pil, rows=len(rows), cols=n), metrics
+
+
+def class_spread(rows: list[Any]) -> Any:
+    """The grid's last row: where the class rows differ, per seed (pixel std across classes, max = white).
+
+    Same seed, different class prompt: whatever lights up is what the model changes for the class; a black row
+    means the classes are not told apart. Scaled by the largest spread in the row so faint effects stay visible.
+    """
+    import numpy as np
+
+    stack = np.nan_to_num(np.stack(rows))  # (classes, n, H, W, C)
+    spread = stack.std(axis=0).mean(axis=-1, keepdims=True)
+    spread = spread / max(float(spread.max()), 1e-8)
+    return np.repeat(spread, stack.shape[-1], axis=-1)
 
 
 def validation_prompts(caption: Path, cfg: Dreambooth) -> list[tuple[str, str]]:

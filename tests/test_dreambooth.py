@@ -165,6 +165,19 @@ def test_validation_uses_the_class_negatives_of_prompts_json(tmp_path: Path) -> 
     with_neg, _ = dreambooth.validation_grid(pipe, pairs[:1], 2, 0, quick)
     without, _ = dreambooth.validation_grid(pipe, [(pairs[0][0], "")], 2, 0, quick)
     assert with_neg.size == without.size and np.asarray(with_neg).tolist() != np.asarray(without).tolist()
+    grid, metrics = dreambooth.validation_grid(pipe, pairs, 2, 0, quick)
+    assert grid.size == (2 * SIZE, 3 * SIZE), "a row per class, then the class-spread row"
+    assert metrics["validation_class_difference"] > 0
+
+
+def test_class_spread_lights_up_where_the_classes_differ() -> None:
+    a = np.zeros((1, 4, 4, 3))
+    b = a.copy()
+    b[0, 1, 2] = 0.5
+    spread = dreambooth.class_spread([a, b])
+    assert spread.shape == (1, 4, 4, 3) and spread.max() == 1.0
+    assert spread[0, 1, 2].tolist() == [1.0, 1.0, 1.0] and spread.sum() == 3.0
+    assert not dreambooth.class_spread([a, a.copy()]).any(), "identical class rows: a black spread row"
 
 
 def test_fp16_on_cpu_is_refused(tmp_path: Path, world: dict) -> None:
