@@ -82,11 +82,11 @@ def read_imagefolder(folder: Path, classes: Sequence[str]) -> pd.DataFrame:
 
 
 def read_generated(folder: Path, classes: Sequence[str]) -> pd.DataFrame:
-    """The ``ok`` rows of the generate manifest, with an absolute ``path`` column added."""
+    """The ``ok`` rows of the generate manifest (``sha256`` kept as text), with an absolute ``path`` column added."""
     manifest = Path(folder) / "manifest.csv"
     if not manifest.is_file():
         raise StageError(f"{manifest} not found: run the generate stage first (dvc repro generate)")
-    df = pd.read_csv(manifest, dtype={"file_name": str, "intended_label": str, "status": str},
+    df = pd.read_csv(manifest, dtype={"file_name": str, "intended_label": str, "status": str, "sha256": str},
                      keep_default_na=False)
     validate(df, "generate_manifest", classes=classes)
     ok = df[df["status"] == "ok"].copy()
@@ -95,13 +95,14 @@ def read_generated(folder: Path, classes: Sequence[str]) -> pd.DataFrame:
 
 
 def read_corrections(path: Path, classes: Sequence[str]) -> pd.DataFrame:
-    """The review stage's ``corrections.csv``, validated by the ``review_corrections`` suite."""
+    """The review stage's ``corrections.csv`` (``sha256`` as text), validated by the ``review_corrections`` suite."""
     path = Path(path)
     if path.is_dir():
         path = path / "corrections.csv"
     if not path.is_file():
         raise StageError(f"{path} not found: run the review stage first (dvc repro review)")
-    text = ("file_name", "intended_label", "pred_label", "final_label", "decision", "reviewer", "timestamp", "note")
+    text = ("file_name", "sha256", "intended_label", "pred_label", "final_label", "decision", "reviewer",
+            "timestamp", "note")
     df = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
     validate(df, "review_corrections", classes=classes)
     return df
@@ -111,17 +112,28 @@ def reviewed_synthetic(generated: pd.DataFrame, corrections: pd.DataFrame) -> pd
     """Synthetic training rows ``file_name,label,path``: accepted or corrected items, labelled ``final_label``.
 
     Rejected items and generated images nobody reviewed are left out; so is a correction for an image that is not
-    an ``ok`` generated image (it was filtered after review, or the manifest changed).
+    an ``ok`` generated image (it was filtered after review, or the manifest changed), and one whose ``sha256`` is
+    not the manifest's for that file: the label was given to a different picture (the image was regenerated).
     """
+    for name, df in (("generate manifest", generated), ("corrections", corrections)):
+        if "sha256" not in df:
+            raise StageError(f"{name} has no sha256 column: reviewed labels cannot be matched to image content")
     kept = corrections[corrections["decision"].isin(["accept", "correct"])]
     unlabeled = kept["final_label"].fillna("").eq("")
     if unlabeled.any():  # the review_corrections suite forbids this; a hand-made table may not have run it
         raise StageError(f"accepted/corrected items without final_label: {kept.loc[unlabeled, 'file_name'].tolist()[:10]}")
-    table = pd.DataFrame({"file_name": kept["file_name"].to_numpy(), "label": kept["final_label"].to_numpy()})
-    merged = table.merge(generated[["file_name", "path"]], on="file_name", how="inner")
+    table = pd.DataFrame({"file_name": kept["file_name"].to_numpy(), "label": kept["final_label"].to_numpy(),
+                          "reviewed_sha256": kept["sha256"].fillna("").astype(str).to_numpy()})
+    merged = table.merge(generated[["file_name", "path", "sha256"]], on="file_name", how="inner")
     dropped = len(table) - len(merged)
     if dropped:
         log.warning("%d reviewed items are not ok generated images; left out", dropped)
+    same = merged["reviewed_sha256"].eq(merged["sha256"].fillna("").astype(str)) & merged["reviewed_sha256"].ne("")
+    if not same.all():
+        log.warning("%d reviewed items were decided on a different image than the one now at their file name "
+                    "(sha256 differs from the generate manifest: regenerated); left out, review them again "
+                    "(e.g. %s)", int((~same).sum()), merged.loc[~same, "file_name"].tolist()[:3])
+    merged = merged[same].drop(columns=["reviewed_sha256", "sha256"])
     return merged.sort_values("file_name", kind="stable").reset_index(drop=True)
 
 

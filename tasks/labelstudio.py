@@ -12,6 +12,9 @@ Import (``import_export``): a Label Studio JSON export (a list of tasks, each wi
 becomes decisions in corrections.csv with audit entries (reviewer ``labelstudio:<completed_by>``). The latest
 non-cancelled annotation of a task wins. Each task carries the item ``version`` seen at export time, so an item
 that someone changed in the review app after the export is a conflict: it is logged in the audit and skipped.
+Each task also carries the image's ``sha256`` at export time: a result for an image that was regenerated since
+(other content at the same file name), or from an export without ``sha256``, is refused — logged in the audit as a
+conflict, counted as ``image_changed`` and never applied — because the annotator labelled a different picture.
 
 References: https://labelstud.io/guide/predictions (pre-annotation format, ``score``),
 https://labelstud.io/guide/task_format (annotated task export format).
@@ -30,7 +33,7 @@ from xml.sax.saxutils import quoteattr
 
 from tasks.io import atomic_write_json, atomic_write_text
 from tasks.params import Params, load_params
-from tasks.review import APP_VERSION, REJECT, Conflict, ReviewStore, open_store
+from tasks.review import APP_VERSION, REJECT, Conflict, ImageChanged, ReviewStore, open_store
 from tasks.review_input import review_url
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class ImportedDecision:
     reviewer: str
     version_seen: int
     annotated_at: str
+    sha256: str = ""
 
 
 def labeling_config(classes: list[str] | tuple[str, ...]) -> str:
@@ -74,7 +78,7 @@ def export_tasks(items: list[dict[str, Any]], *, base_url: str, model_version: s
         result = {"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
                   "value": {"choices": [it["pred_label"]]}}
         tasks.append({
-            "data": {"image": base + it["file_name"], "file_name": it["file_name"],
+            "data": {"image": base + it["file_name"], "file_name": it["file_name"], "sha256": it["sha256"],
                      "intended_label": it["intended_label"], "pred_label": it["pred_label"],
                      "confidence": float(it["confidence"]), "status": it["status"],
                      "synthloop_version": int(it["version"])},
@@ -123,19 +127,34 @@ def parse_export(tasks: Any) -> list[ImportedDecision]:
                 out.append(ImportedDecision(
                     file_name=str(file_name), label=label, reviewer=_reviewer(annotation.get("completed_by")),
                     version_seen=int(task["data"].get("synthloop_version", 0)),
-                    annotated_at=str(annotation.get("updated_at") or annotation.get("created_at") or "")))
+                    annotated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+                    sha256=str(task["data"].get("sha256") or "")))
                 break
     return out
 
 
 def apply_imported(store: ReviewStore, decisions: list[ImportedDecision]) -> dict[str, int]:
-    """Record imported decisions in the store; stale ones (changed since export) are audited and skipped."""
-    counts = {"imported": 0, "conflicts": 0, "unknown": 0}
+    """Record imported decisions in the store; stale ones (changed since export) are audited and skipped.
+
+    A result for an image whose sha256 is not the one exported (regenerated since, or exported without sha256) is
+    refused: audited as a conflict, counted in ``image_changed``, logged with the file names.
+    """
+    counts = {"imported": 0, "conflicts": 0, "unknown": 0, "image_changed": 0}
     by_reviewer: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    changed = []
     for d in decisions:
         if d.file_name not in store.items:
             log.warning("Label Studio task for %s is not in the review queue; skipped", d.file_name)
             counts["unknown"] += 1
+        elif d.sha256 != store.items[d.file_name]["sha256"]:
+            try:  # audits the refused attempt and raises ImageChanged
+                store.decide(d.file_name, d.label, version=d.version_seen, reviewer=d.reviewer,
+                             source="labelstudio", action="import", sha256=d.sha256)
+            except ImageChanged:
+                counts["image_changed"] += 1
+                changed.append(d.file_name)
+            except Conflict:  # also changed in the app since the export: the version check refuses it first
+                counts["conflicts"] += 1
         elif store.versions.get(d.file_name, 0) != d.version_seen:
             try:  # logs the stale attempt in the audit, exactly like a 409 in the app
                 store.decide(d.file_name, d.label, version=d.version_seen, reviewer=d.reviewer,
@@ -148,6 +167,10 @@ def apply_imported(store: ReviewStore, decisions: list[ImportedDecision]) -> dic
         store.decide_many(choices, reviewer=reviewer, source="labelstudio", action="import",
                           note="imported from Label Studio")
         counts["imported"] += len(choices)
+    if changed:
+        log.warning("%d Label Studio results refused: the image changed since the export (regenerated) or the "
+                    "export has no sha256, so the annotator labelled a different picture; re-export and label "
+                    "again: %s", len(changed), changed[:10])
     return counts
 
 
@@ -165,7 +188,8 @@ def export_queue(params: Params, out_dir: Path, *, base_url: str | None = None) 
 
 
 def import_export(params: Params, export_path: Path) -> dict[str, int]:
-    """Import a Label Studio JSON export as review decisions; return counts (imported, conflicts, unknown)."""
+    """Import a Label Studio JSON export as review decisions; return counts (imported, conflicts, unknown,
+    image_changed)."""
     try:
         tasks = json.loads(Path(export_path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:

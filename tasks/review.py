@@ -24,6 +24,14 @@ that is a dep and nobody's out is not versioned by ``dvc repro`` and would need 
 
 Each item has a ``version`` counter (number of saved changes: decisions and undos); a save that names an older
 version than the current one is refused (409 in the app) and still logged in the audit.
+
+A decision belongs to the exact image a person saw, not to its file name: generate re-uses file names when it
+regenerates (new model, new guidance ... new pixels at the same name). Every queue item and every decision carry the
+image's ``sha256`` (from generate's manifest). When the store opens, a decision for a queued file whose sha256 differs
+from the image's current one (or is empty: it predates content hashes and cannot be verified) is *stale*: it is
+removed from corrections.csv through the normal commit path (version bumped, so an open page gets a 409; audit
+action ``invalidate`` keeps the old decision) and the item waits again. Decisions for files not in the queue are
+kept with their sha256, so they count again if that exact image comes back.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import logging
 import os
 import statistics
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -51,17 +59,19 @@ from tasks.validation import validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "review_status", "ReviewStore", "ReviewOutputs", "build_queue", "Conflict"]
+__all__ = ["run", "review_status", "ReviewStore", "ReviewOutputs", "build_queue", "Conflict", "ImageChanged"]
 
 REJECT = "reject"
 AUTO_REVIEWER = "auto:accept-confident"
 REFERENCE_REVIEWER = "reference-labeler (simulated)"
-CORRECTION_COLUMNS = ["file_name", "intended_label", "pred_label", "final_label", "decision", "reviewer",
+CORRECTION_COLUMNS = ["file_name", "sha256", "intended_label", "pred_label", "final_label", "decision", "reviewer",
                       "timestamp", "version", "note"]
 #: What the audit log records as an item's state before (old) and after (new) a change.
-STATE_KEYS = ("intended_label", "pred_label", "final_label", "decision", "reviewer", "timestamp", "note")
-QUEUE_COLUMNS = ["position", "file_name", "intended_label", "pred_label", "confidence", "margin", "agrees",
+STATE_KEYS = ("sha256", "intended_label", "pred_label", "final_label", "decision", "reviewer", "timestamp", "note")
+QUEUE_COLUMNS = ["position", "file_name", "sha256", "intended_label", "pred_label", "confidence", "margin", "agrees",
                  "review_rank"]
+#: Who removes decisions made on an image that has since changed (audit ``reviewer``/``source``).
+CONTENT_CHECK = "auto:content-check"
 #: Gaps longer than this between two decisions of one reviewer are breaks, not time spent on an item.
 MAX_ITEM_SECONDS = 300.0
 
@@ -79,9 +89,17 @@ APP_VERSION = _app_version()
 class Conflict(Exception):
     """A save named an item version older than the current one (another reviewer saved first)."""
 
-    def __init__(self, item: dict[str, Any]):
-        super().__init__(f"{item['file_name']} changed meanwhile (now version {item['version']})")
+    def __init__(self, item: dict[str, Any], message: str | None = None):
+        super().__init__(message or f"{item['file_name']} changed meanwhile (now version {item['version']})")
         self.item = item
+
+
+class ImageChanged(Conflict):
+    """A save or import names an image content (sha256) other than the item's current one: it was regenerated."""
+
+    def __init__(self, item: dict[str, Any], seen: str):
+        super().__init__(item, f"{item['file_name']} is a different image now (sha256 {_short(seen)} when seen, "
+                               f"{_short(item['sha256'])} now); look at it again")
 
 
 class ReviewError(StageError):
@@ -96,6 +114,11 @@ class ReviewOutputs:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def _short(sha: Any) -> str:
+    """A sha256 prefix for messages; ``(none)`` for a decision that predates content hashes."""
+    return str(sha)[:12] if sha else "(none)"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -104,7 +127,9 @@ def now_iso() -> str:
 def build_queue(predictions: pd.DataFrame, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
     """Items to review in uncertainty order (predict's ``review_rank``: disagreement first, then low margin).
 
-    Images that generate flagged (``status`` other than ``ok`` in its manifest) never reach a person.
+    Images that generate flagged (``status`` other than ``ok`` in its manifest) never reach a person. Each item
+    carries the image's ``sha256`` from the manifest; "" (unknown) without a manifest or for a file it lacks —
+    ``load_queue`` refuses such a queue, ``ReviewStore`` cannot tie decisions to unknown content.
     """
     missing = {"file_name", "intended_label", "pred_label", "confidence", "margin", "agrees"} - set(predictions)
     if missing:
@@ -115,6 +140,9 @@ def build_queue(predictions: pd.DataFrame, manifest: pd.DataFrame | None = None)
         if bad & set(df["file_name"]):
             log.warning("%d flagged images left out of the review queue", len(bad & set(df["file_name"])))
         df = df[~df["file_name"].isin(bad)]
+    hashes = {} if manifest is None or "sha256" not in manifest else dict(
+        zip(manifest["file_name"].astype(str), manifest["sha256"].fillna("").astype(str)))
+    df["sha256"] = [hashes.get(f, "") for f in df["file_name"]]
     if "review_rank" not in df:
         # Fallback order when an older predictions.csv has no rank: the same rule predict uses.
         df = df.sort_values(["agrees", "margin", "file_name"], kind="stable")
@@ -219,6 +247,8 @@ class ReviewStore:
 
     Thread-safe (one lock around every read-modify-write). Each change first rewrites corrections.csv
     atomically, then appends its audit entry; a failed write changes nothing in memory and is itself logged.
+    Opening invalidates decisions made on another image than the queued one (see the module docstring);
+    ``stale_decisions`` says how many this open removed.
     """
 
     def __init__(self, out_dir: Path, queue: pd.DataFrame, classes: Sequence[str], *,
@@ -231,11 +261,34 @@ class ReviewStore:
         self._lock = threading.RLock()
         clean_stale_temp(self.out_dir)
         self.items: dict[str, dict[str, Any]] = {r["file_name"]: r for r in queue.to_dict("records")}
+        for r in self.items.values():
+            r["sha256"] = _sha(r.get("sha256"))
+        unknown = [f for f, r in self.items.items() if not r["sha256"]]
+        if unknown:
+            raise StageError(f"{len(unknown)} queued images have no sha256 (e.g. {unknown[:3]}): decisions must "
+                             "be tied to image content; build the queue from generate's manifest")
         corrections = read_corrections(self.corrections_path)
         self.decisions: dict[str, dict[str, Any]] = {r["file_name"]: r for r in corrections.to_dict("records")}
         self.versions = item_versions(read_audit(self.audit_path))
         for fn, row in self.decisions.items():  # a crash between the two writes must not lower a version
             self.versions[fn] = max(self.versions.get(fn, 0), int(row.get("version") or 0))
+        self.stale_decisions = self._invalidate_stale()
+
+    def _invalidate_stale(self) -> int:
+        """Remove decisions made on other content than the queued image (commit path: versions, audit)."""
+        stale = {f: self.decisions[f].get("sha256", "") for f in self.items
+                 if f in self.decisions and self.decisions[f].get("sha256", "") != self.items[f]["sha256"]}
+        if not stale:
+            return 0
+        notes = {f: f"image changed since the decision (sha256 {_short(old)} then, "
+                    f"{_short(self.items[f]['sha256'])} now); the item waits again" for f, old in stale.items()}
+        with self._lock:
+            self._commit([(f, None, self.versions.get(f, 0)) for f in stale], reviewer=CONTENT_CHECK,
+                         action="invalidate", source=CONTENT_CHECK, note="", notes=notes)
+        log.warning("%d review decisions were made on a different image than the one now at their file name "
+                    "(regenerated, or decided before content hashes); invalidated, those items wait again "
+                    "(the audit log keeps the old decisions)", len(stale))
+        return len(stale)
 
     # ---- views
     def item_view(self, file_name: str) -> dict[str, Any]:
@@ -247,6 +300,7 @@ class ReviewStore:
             "final_label": row["final_label"] if row else "",
             "reviewer": row["reviewer"] if row else "",
             "note": row.get("note", "") if row else "",
+            "sha256": str(item["sha256"]),
             "version": self.versions.get(file_name, 0),
         }
 
@@ -261,14 +315,23 @@ class ReviewStore:
 
     # ---- changes
     def decide(self, file_name: str, label: str, *, version: int, reviewer: str, note: str = "",
-               source: str = "app", action: str = "decide") -> dict[str, Any]:
-        """Record ``label`` (a class or ``reject``) for one item seen at ``version``; Conflict if stale."""
+               source: str = "app", action: str = "decide", sha256: str | None = None) -> dict[str, Any]:
+        """Record ``label`` (a class or ``reject``) for one item seen at ``version``; Conflict if stale.
+
+        ``sha256``, when given, is the content the person saw: ImageChanged (a Conflict) if the image differs now.
+        """
+        seen_sha = None if sha256 is None else {file_name: sha256}
         return self.decide_many([(file_name, label, version)], reviewer=reviewer, note=note, source=source,
-                                action=action)[0]
+                                action=action, seen_sha256=seen_sha)[0]
 
     def decide_many(self, choices: Sequence[tuple[str, str, int]], *, reviewer: str, note: str = "",
-                    source: str = "app", action: str = "decide") -> list[dict[str, Any]]:
-        """Record several (file_name, label, version_seen) at once: one corrections write, one audit fsync."""
+                    source: str = "app", action: str = "decide",
+                    seen_sha256: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Record several (file_name, label, version_seen) at once: one corrections write, one audit fsync.
+
+        Each decision records the item's current sha256. ``seen_sha256`` (file_name → sha256 the decider saw)
+        refuses, with ImageChanged, a decision about content that is no longer at that file name.
+        """
         reviewer = _clean_text(reviewer, "reviewer")
         note = _clean_text(note, "note", required=False)
         with self._lock:
@@ -277,9 +340,11 @@ class ReviewStore:
                 item = self._item(file_name)
                 if label != REJECT and label not in self.classes:
                     raise ReviewError(f"unknown label {label!r}; choose one of {list(self.classes)} or {REJECT}")
+                if seen_sha256 is not None and file_name in seen_sha256:  # first: the more telling refusal
+                    self._check_content(file_name, seen_sha256[file_name], seen, reviewer, action, source, label)
                 self._check_version(file_name, seen, reviewer, action, source, label)
                 decision, final = classify_decision(item["pred_label"], label)
-                row = {"file_name": file_name, "intended_label": item["intended_label"],
+                row = {"file_name": file_name, "sha256": item["sha256"], "intended_label": item["intended_label"],
                        "pred_label": item["pred_label"], "final_label": final, "decision": decision,
                        "reviewer": reviewer, "timestamp": now_iso(), "note": note}
                 changes.append((file_name, row, seen))
@@ -297,6 +362,10 @@ class ReviewStore:
             if not last:
                 raise ReviewError(f"nothing to undo for {file_name}")
             old = last[-1].get("old")
+            if old is not None and old.get("sha256", "") != self.items[file_name]["sha256"]:
+                raise ReviewError(f"cannot undo: the previous decision for {file_name} was made on a different "
+                                  f"image (sha256 {_short(old.get('sha256'))}, now "
+                                  f"{_short(self.items[file_name]['sha256'])})")
             row = None if old is None else {**old, "file_name": file_name}
             self._commit([(file_name, row, version)], reviewer=reviewer, action="undo", source="app", note="")
             return self.item_view(file_name)
@@ -316,6 +385,18 @@ class ReviewStore:
                                                    outcome="conflict", note="stale version")])
         raise Conflict(self.item_view(file_name))
 
+    def _check_content(self, file_name: str, seen_sha: str, seen: int, reviewer: str, action: str, source: str,
+                       label: str | None) -> None:
+        item = self.items[file_name]
+        if seen_sha and seen_sha == item["sha256"]:
+            return
+        note = f"image changed: sha256 {_short(seen_sha)} seen, {_short(item['sha256'])} now"
+        append_audit(self.audit_path, [self._entry(file_name, reviewer, action, source, old=self._state(file_name),
+                                                   new={"label": label, "sha256": seen_sha}, seen=int(seen),
+                                                   version=self.versions.get(file_name, 0), outcome="conflict",
+                                                   note=note)])
+        raise ImageChanged(self.item_view(file_name), seen_sha)
+
     def _state(self, file_name: str) -> dict[str, Any] | None:
         row = self.decisions.get(file_name)
         if row is None:
@@ -329,7 +410,11 @@ class ReviewStore:
                 "outcome": outcome, "note": note, "app_version": self.app_version}
 
     def _commit(self, changes: list[tuple[str, dict[str, Any] | None, int]], *, reviewer: str, action: str,
-                source: str, note: str) -> None:
+                source: str, note: str, notes: Mapping[str, str] | None = None) -> None:
+        """Apply changes (row None = back to waiting): rewrite corrections.csv, then append one audit entry each.
+
+        ``notes`` overrides ``note`` per file name (an invalidation names each item's old and new sha256).
+        """
         if not changes:
             return
         decisions = dict(self.decisions)
@@ -343,7 +428,7 @@ class ReviewStore:
                 decisions[file_name] = {**row, "version": str(version)}
             new = None if row is None else {k: row.get(k, "") for k in STATE_KEYS}
             entries.append(self._entry(file_name, reviewer, action, source, old=old, new=new, seen=seen,
-                                       version=version, outcome="saved", note=note))
+                                       version=version, outcome="saved", note=(notes or {}).get(file_name, note)))
         try:
             self._write(decisions)
         except BaseException as err:
@@ -364,6 +449,11 @@ class ReviewStore:
         if not df.empty:
             validate(df, "review_corrections", classes=self.classes)
         atomic_write_csv(self.corrections_path, df)
+
+
+def _sha(value: Any) -> str:
+    """A sha256 cell as text ("" for missing/NaN)."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
 def _plain(value: Any) -> Any:
@@ -436,21 +526,37 @@ def review_metrics(store: ReviewStore, params: Params) -> dict[str, Any]:
         "simulated": int(simulated > 0),
         "seconds_per_item": seconds_per_item(read_audit(store.audit_path)),
         "orphaned_decisions": len(set(store.decisions) - set(store.items)),
+        "stale_decisions": store.stale_decisions,
         "mode": params.review.mode,
     }
 
 
 # --------------------------------------------------------------------------------------------------- stage
 def load_queue(predictions: Path, generated: Path, classes: Sequence[str]) -> pd.DataFrame:
-    """Read and validate predictions.csv, drop flagged images, return the ordered queue."""
+    """Read and validate predictions.csv, drop flagged images, return the ordered queue with each image's sha256.
+
+    generate's manifest is required: its sha256 ties every decision to the exact image a person saw.
+    """
     path = Path(predictions) / "predictions.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the predict stage first (dvc repro predict)")
     preds = pd.read_csv(path)
     validate(preds, "predictions", classes=classes)
     manifest_path = Path(generated) / "manifest.csv"
-    manifest = pd.read_csv(manifest_path) if manifest_path.is_file() else None
-    return build_queue(preds, manifest)
+    if not manifest_path.is_file():
+        raise StageError(f"{manifest_path} not found: review needs generate's manifest (sha256 per image) to tie "
+                         "decisions to image content; run the generate stage first (dvc repro generate)")
+    manifest = pd.read_csv(manifest_path, dtype={"file_name": str, "status": str, "sha256": str},
+                           keep_default_na=False)
+    if "sha256" not in manifest:
+        raise StageError(f"{manifest_path} has no sha256 column: decisions cannot be tied to image content; "
+                         "re-run the generate stage (dvc repro generate)")
+    queue = build_queue(preds, manifest)
+    unknown = queue.loc[queue["sha256"] == "", "file_name"].tolist()
+    if unknown:
+        raise StageError(f"{manifest_path} gives no sha256 for {len(unknown)} queued images (e.g. {unknown[:3]}); "
+                         "re-run the generate stage (dvc repro generate)")
+    return queue
 
 
 def open_store(params: Params, *, predictions: Path, generated: Path, out_dir: Path) -> ReviewStore:

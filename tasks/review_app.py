@@ -10,7 +10,8 @@ Security (docs RELIABILITY.md 16–21):
   same-origin ``Origin`` when the browser sends one, else 403 and nothing changes;
 - ``GET /image/<path>`` serves files that resolve inside the generate folder only (``..``, encoded ``..``,
   absolute paths, symlinks leaving the folder → 404);
-- each save names the item version it saw; a stale one gets 409 and both attempts are in audit.jsonl;
+- each save names the item version it saw (and may name the image ``sha256`` it saw); a stale one, or one about an
+  image that was regenerated since, gets 409 and both attempts are in audit.jsonl;
 - corrections.csv is rewritten atomically (tasks.io), the audit log is append-only (``tasks.review.ReviewStore``);
 - user text reaches the page as JSON and is rendered with ``textContent``; the template is autoescaped, and a
   Content-Security-Policy forbids inline scripts.
@@ -169,9 +170,11 @@ class ReviewApp:
         body = await self._body(request)
         if isinstance(body, Response):
             return body
+        seen_sha = body.get("sha256")  # the image the page showed: 409 if it changed since (when the page sends it)
         return await self._apply(body, lambda: self.store.decide(
             str(body.get("file_name", "")), str(body.get("label", "")), version=_version(body),
-            reviewer=body.get("reviewer"), note=body.get("note") or ""))
+            reviewer=body.get("reviewer"), note=body.get("note") or "",
+            sha256=None if seen_sha is None else str(seen_sha)))
 
     async def undo(self, request: Request) -> Response:
         body = await self._body(request)

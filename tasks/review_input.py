@@ -48,22 +48,23 @@ def review_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _file_names(path: Path) -> list[str]:
+def _images(path: Path) -> set[tuple[str, str]]:
+    """(file_name, sha256) of each row: a decision counts only for the exact image content it was made on."""
     if not path.is_file():
-        return []
+        return set()
     with path.open(newline="", encoding="utf-8") as fh:
-        return [row["file_name"] for row in csv.DictReader(fh) if row.get("file_name")]
+        return {(row["file_name"], row.get("sha256") or "") for row in csv.DictReader(fh) if row.get("file_name")}
 
 
 def review_status(params: Any) -> dict[str, Any]:
     """Counts of the review checkpoint: total queued items, decided, waiting, the mode and the review URL.
 
-    ``total`` is 0 until the review stage has written ``queue.csv``. Decisions for files no longer in the queue
-    (an older generation) are not counted.
+    ``total`` is 0 until the review stage has written ``queue.csv``. Decisions for files no longer in the queue, or
+    made on other content than the queued image (regenerated; no sha256), are not counted.
     """
     out_dir = Path(params.paths.review)
-    queued = set(_file_names(out_dir / QUEUE_FILE))
-    decided = queued & set(_file_names(out_dir / CORRECTIONS_FILE))
+    queued = _images(out_dir / QUEUE_FILE)
+    decided = {(f, h) for f, h in queued & _images(out_dir / CORRECTIONS_FILE) if h}
     return {
         "total": len(queued),
         "decided": len(decided),

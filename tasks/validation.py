@@ -96,7 +96,11 @@ def _review_corrections(classes: Sequence[str]) -> list[Spec]:
     cols = ("file_name", "intended_label", "pred_label", "final_label", "decision", "reviewer", "timestamp",
             "version")
     # reject ⇔ no final label; accept ⇒ final label is the prediction; version counts saved changes (≥ 1).
-    return [*_exist(*cols, "note"), *_not_null("file_name", "decision", "reviewer", "timestamp", "version"),
+    # sha256 ties a decision to the image content it was made on ("" only in rows that predate content hashes).
+    return [*_exist(*cols, "note", "sha256"),
+            *_not_null("file_name", "decision", "reviewer", "timestamp", "version"),
+            _when(("ExpectColumnValuesToMatchRegex", {"column": "sha256", "regex": r"^[0-9a-f]{64}$"}),
+                  'sha256.notna() and sha256!=""'),
             _unique("file_name"), _relative_path("file_name"), _in_set("decision", ["accept", "correct", "reject"]),
             _in_set("final_label", [*classes, "", None]), _between("version", 1, None),
             _when(_in_set("final_label", ["", None]), 'decision=="reject"'),

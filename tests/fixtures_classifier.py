@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from tasks.io import sha256_file
+
 CLASSES = ("small", "big")
 
 
@@ -40,26 +42,28 @@ def make_caption(root: Path, n_train: int = 16, n_val: int = 16, size: int = 32)
 
 
 def make_generated(root: Path, n: int = 24, size: int = 32, bad: int = 2) -> pd.DataFrame:
-    """``n`` ok images plus ``bad`` black ones; returns the manifest."""
+    """``n`` ok images plus ``bad`` black ones; returns the manifest (with each file's sha256, as generate)."""
     labels = [CLASSES[i % 2] for i in range(n + bad)]
     names = [f"images/{lbl}/{i:06d}.png" for i, lbl in enumerate(labels)]
     _write(root, names, labels, size, 2)
     df = pd.DataFrame({"file_name": names, "intended_label": labels, "prompt": [f"zwx {x}" for x in labels],
                        "negative_prompt": "", "seed": range(n + bad), "scheduler": "ddim", "steps": 2,
-                       "guidance": 8.0, "model_hash": "abc", "status": ["ok"] * n + ["black"] * bad})
+                       "guidance": 8.0, "model_hash": "abc", "status": ["ok"] * n + ["black"] * bad,
+                       "sha256": [sha256_file(root / f) for f in names]})
     df.to_csv(root / "manifest.csv", index=False)
     return df
 
 
 def make_corrections(root: Path, manifest: pd.DataFrame, decisions: dict[str, tuple[str, str]] | None = None
                      ) -> pd.DataFrame:
-    """Accept every ok item unless ``decisions`` maps file_name → (decision, final_label)."""
+    """Accept every ok item unless ``decisions`` maps file_name → (decision, final_label); each row records the
+    manifest's sha256 (the image the decision was made on)."""
     decisions = decisions or {}
     rows = []
     for r in manifest[manifest["status"] == "ok"].itertuples():
         decision, final = decisions.get(r.file_name, ("accept", r.intended_label))
-        rows.append({"file_name": r.file_name, "intended_label": r.intended_label, "pred_label": r.intended_label,
-                     "final_label": final, "decision": decision, "reviewer": "reference",
+        rows.append({"file_name": r.file_name, "sha256": r.sha256, "intended_label": r.intended_label,
+                     "pred_label": r.intended_label, "final_label": final, "decision": decision, "reviewer": "reference",
                      "timestamp": "2025-01-01T00:00:00Z", "version": 1, "note": ""})
     df = pd.DataFrame(rows)
     root.mkdir(parents=True, exist_ok=True)

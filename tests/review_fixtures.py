@@ -1,4 +1,5 @@
-"""Tiny review inputs shared by the review tests: a few PNGs under generate/ and a predictions.csv under predict/."""
+"""Tiny review inputs shared by the review tests: a few PNGs and their manifest (sha256 per image) under generate/,
+and a predictions.csv under predict/."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from tasks.io import sha256_file
 from tasks.params import Params
 
 #: (intended, predicted, confidence) per item; file names are images/<intended>/<index>.png.
@@ -36,13 +38,32 @@ def predictions_frame(items=ITEMS, classes=("small", "big")) -> pd.DataFrame:
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True)  # file order must not matter
 
 
-def write_review_inputs(params: Params, items=ITEMS) -> pd.DataFrame:
-    """Write images + predictions.csv where params.paths says; return the predictions frame."""
-    df = predictions_frame(items, params.classes)
-    for i, name in enumerate(df["file_name"]):
-        path = params.paths.generate / name
+def write_generated(generated: Path, predictions: pd.DataFrame) -> pd.DataFrame:
+    """One distinct PNG per prediction plus generate's manifest (``file_name,intended_label,status,sha256``)."""
+    for i, name in enumerate(predictions["file_name"]):
+        path = generated / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", (32, 32), color=40 + 40 * i).save(path)
+    manifest = pd.DataFrame({"file_name": predictions["file_name"], "intended_label": predictions["intended_label"],
+                             "status": "ok", "sha256": [sha256_file(generated / f) for f in predictions["file_name"]]})
+    manifest.to_csv(generated / "manifest.csv", index=False)
+    return manifest
+
+
+def regenerate(generated: Path, file_name: str, color: int = 7) -> str:
+    """What generate does on a re-run with a new model: new pixels at the same file name; returns the new sha256."""
+    Image.new("L", (32, 32), color=color).save(generated / file_name)
+    digest = sha256_file(generated / file_name)
+    manifest = pd.read_csv(generated / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest.loc[manifest["file_name"] == file_name, "sha256"] = digest
+    manifest.to_csv(generated / "manifest.csv", index=False)
+    return digest
+
+
+def write_review_inputs(params: Params, items=ITEMS) -> pd.DataFrame:
+    """Write images + manifest + predictions.csv where params.paths says; return the predictions frame."""
+    df = predictions_frame(items, params.classes)
+    write_generated(params.paths.generate, df)
     params.paths.predict.mkdir(parents=True, exist_ok=True)
     df.to_csv(params.paths.predict / "predictions.csv", index=False)
     return df

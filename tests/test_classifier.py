@@ -156,6 +156,44 @@ def test_reviewed_synthetic_honours_reject_and_correct(tmp_path):
     assert len(syn) == 5
 
 
+def test_reviewed_synthetic_leaves_out_corrections_made_on_a_different_image(tmp_path, caplog):
+    man = make_generated(tmp_path / "gen", n=6)
+    names = man["file_name"].tolist()
+    make_corrections(tmp_path / "review", man)
+    # names[2] is regenerated after review: new bytes and a new manifest sha256 at the same file name
+    disc = tmp_path / "gen" / names[2]
+    disc.write_bytes(disc.read_bytes() + b"regenerated")
+    man.loc[2, "sha256"] = "f" * 64
+    man.to_csv(tmp_path / "gen" / "manifest.csv", index=False)
+    gen = read_generated(tmp_path / "gen", ("small", "big"))
+    assert gen.loc[gen["file_name"] == names[2], "sha256"].item() == "f" * 64
+    with caplog.at_level(logging.WARNING):
+        syn = reviewed_synthetic(gen, read_corrections(tmp_path / "review", ("small", "big")))
+    assert names[2] not in set(syn["file_name"]) and len(syn) == 5
+    assert "1 reviewed items were decided on a different image" in caplog.text
+    assert list(syn.columns) == ["file_name", "label", "path"]
+
+
+def test_reviewed_synthetic_never_trusts_an_empty_sha256_and_needs_the_column(tmp_path, caplog):
+    man = make_generated(tmp_path / "gen", n=4, bad=0)
+    corrections = make_corrections(tmp_path / "review", man)
+    gen = read_generated(tmp_path / "gen", ("small", "big"))
+    corrections.loc[0, "sha256"] = ""  # a decision that predates content hashes cannot be verified
+    with caplog.at_level(logging.WARNING):
+        assert len(reviewed_synthetic(gen, corrections)) == 3
+    assert "1 reviewed items were decided on a different image" in caplog.text
+    with pytest.raises(StageError, match="corrections has no sha256"):
+        reviewed_synthetic(gen, corrections.drop(columns="sha256"))
+
+
+def test_read_generated_keeps_all_digit_sha256_as_text(tmp_path):
+    man = make_generated(tmp_path / "gen", n=2, bad=0)
+    man["sha256"] = ["0" * 64, "1" * 64]  # would parse as an integer without an explicit dtype
+    man.to_csv(tmp_path / "gen" / "manifest.csv", index=False)
+    gen = read_generated(tmp_path / "gen", ("small", "big")).set_index("file_name")["sha256"]
+    assert gen.to_dict() == dict(zip(man["file_name"], ["0" * 64, "1" * 64]))
+
+
 def test_select_synthetic_caps_ratio_and_absolute_and_stays_balanced(caplog):
     syn = pd.DataFrame({"file_name": [f"{i}" for i in range(40)], "label": ["a", "b"] * 20, "path": "x"})
     got = select_synthetic(syn, n_real=5, ratio=2.0, cap=None, seed=0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+import pandas as pd
 import pytest
-from review_fixtures import ITEMS, write_review_inputs
+from review_fixtures import ITEMS, regenerate, write_review_inputs
 
 from conftest import make_params
 from tasks import labelstudio as ls
@@ -35,6 +36,8 @@ def test_export_has_predictions_scores_urls_and_a_choices_config(p, tmp_path):
     assert len(tasks) == len(ITEMS)
     first = tasks[0]
     assert first["data"]["image"] == "http://files.local/gen/" + first["data"]["file_name"]
+    manifest = pd.read_csv(p.paths.generate / "manifest.csv").set_index("file_name")["sha256"]
+    assert all(t["data"]["sha256"] == manifest[t["data"]["file_name"]] for t in tasks)  # the content exported
     pred = first["predictions"][0]
     assert pred["score"] == first["data"]["confidence"] == 0.97
     assert pred["result"] == [{"from_name": "label", "to_name": "image", "type": "choices",
@@ -66,7 +69,7 @@ def test_round_trip_imports_latest_annotation_as_corrections_with_audit(p, tmp_p
     export_path = tmp_path / "export.json"
     export_path.write_text(json.dumps(exported))
     counts = ls.import_export(p, export_path)
-    assert counts == {"imported": 2, "conflicts": 0, "unknown": 0}
+    assert counts == {"imported": 2, "conflicts": 0, "unknown": 0, "image_changed": 0}
     corrections = read_corrections(p.paths.review / "corrections.csv").set_index("file_name")
     f0, f1 = tasks[0]["data"]["file_name"], tasks[1]["data"]["file_name"]
     assert corrections.loc[f0, ["final_label", "decision", "reviewer"]].tolist() == ["small", "correct",
@@ -86,10 +89,36 @@ def test_import_of_an_item_changed_since_export_is_a_logged_conflict(p, tmp_path
         f0, "big", version=0, reviewer="ann")  # decided in the app after the export
     export_path = tmp_path / "export.json"
     export_path.write_text(json.dumps([_annotate(tasks[0], "small", 3, "2024-05-01T10:00:00Z")]))
-    assert ls.import_export(p, export_path) == {"imported": 0, "conflicts": 1, "unknown": 0}
+    assert ls.import_export(p, export_path) == {"imported": 0, "conflicts": 1, "unknown": 0, "image_changed": 0}
     assert read_corrections(p.paths.review / "corrections.csv").iloc[0]["reviewer"] == "ann"
     assert [(e["reviewer"], e["outcome"]) for e in read_audit(p.paths.review / "audit.jsonl")] == [
         ("ann", "saved"), ("labelstudio:3", "conflict")]
+
+
+def test_import_of_a_result_for_a_regenerated_image_is_refused_and_audited(p, tmp_path, caplog):
+    tasks = json.loads(ls.export_queue(p, tmp_path / "ls")[0].read_text())
+    f0, f1 = tasks[0]["data"]["file_name"], tasks[1]["data"]["file_name"]
+    new_sha = regenerate(p.paths.generate, f0)  # generate re-ran after the export: new pixels, same file name
+    export_path = tmp_path / "export.json"
+    export_path.write_text(json.dumps([_annotate(tasks[0], "small", 3, "2024-05-01T10:00:00Z"),
+                                       _annotate(tasks[1], "big", 3, "2024-05-01T10:01:00Z")]))
+    counts = ls.import_export(p, export_path)
+    assert counts == {"imported": 1, "conflicts": 0, "unknown": 0, "image_changed": 1}
+    assert "1 Label Studio results refused: the image changed" in caplog.text and f0 in caplog.text
+    corrections = read_corrections(p.paths.review / "corrections.csv")
+    assert corrections["file_name"].tolist() == [f1]  # the other image's result is applied
+    refused = [e for e in read_audit(p.paths.review / "audit.jsonl") if e["file_name"] == f0]
+    assert [(e["outcome"], e["source"]) for e in refused] == [("conflict", "labelstudio")]
+    assert tasks[0]["data"]["sha256"][:12] in refused[0]["note"] and new_sha[:12] in refused[0]["note"]
+
+
+def test_import_of_an_export_without_sha256_is_refused(p, tmp_path):
+    tasks = json.loads(ls.export_queue(p, tmp_path / "ls")[0].read_text())
+    legacy = {**tasks[0], "data": {k: v for k, v in tasks[0]["data"].items() if k != "sha256"}}
+    export_path = tmp_path / "export.json"
+    export_path.write_text(json.dumps([_annotate(legacy, "small", 3, "2024-05-01T10:00:00Z")]))
+    assert ls.import_export(p, export_path)["image_changed"] == 1
+    assert read_corrections(p.paths.review / "corrections.csv").empty
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,6 +47,18 @@ def test_run_caps_the_synthetic_share(params):
     out = retrain.run(p, caption=P.caption, generated=P.generate, review=P.review, out_dir=P.retrain)
     assert out.metrics["n_synthetic_used"] == 6  # min(1.0 × 8 real, cap 6)
     assert out.metrics["n_synthetic_small"] == out.metrics["n_synthetic_big"] == 3
+
+
+def test_synthetic_for_training_leaves_out_labels_given_to_a_different_image(params, caplog):
+    p = _setup(params, ratio=10.0)
+    P = p.paths
+    man = pd.read_csv(P.generate / "manifest.csv", dtype=str, keep_default_na=False)
+    regenerated = man.loc[5, "file_name"]  # accepted in review, then regenerated: new content, same file name
+    man.loc[5, "sha256"] = "e" * 64
+    man.to_csv(P.generate / "manifest.csv", index=False)
+    synth, n = retrain.synthetic_for_training(p, P.generate, P.review, n_real=8, seed=0)
+    assert n == 17 and regenerated not in set(synth["file_name"])
+    assert "1 reviewed items were decided on a different image" in caplog.text
 
 
 def test_run_refuses_invalid_corrections(params):

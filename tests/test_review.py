@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
-from review_fixtures import ITEMS, predictions_frame, stage_kwargs, write_review_inputs
+from review_fixtures import ITEMS, predictions_frame, regenerate, stage_kwargs, write_review_inputs
 
 import tasks.io
 from conftest import make_params
@@ -58,6 +58,32 @@ def test_build_queue_drops_images_generate_flagged():
     manifest = pd.DataFrame({"file_name": preds["file_name"], "status": ["black"] + ["ok"] * (len(preds) - 1)})
     queue = review.build_queue(preds, manifest)
     assert flagged not in set(queue["file_name"]) and len(queue) == len(preds) - 1
+
+
+def test_build_queue_carries_each_image_sha256_and_unknown_is_empty(tmp_path):
+    preds = predictions_frame()
+    manifest = pd.DataFrame({"file_name": preds["file_name"][1:], "status": "ok",
+                             "sha256": [f"{i:064x}" for i in range(1, len(preds))]})
+    queue = review.build_queue(preds, manifest).set_index("file_name")["sha256"]
+    assert queue[preds.loc[1, "file_name"]] == f"{1:064x}"
+    assert queue[preds.loc[0, "file_name"]] == ""  # not in the manifest: unknown content
+    assert set(review.build_queue(preds)["sha256"]) == {""}
+    with pytest.raises(StageError, match="no sha256"):  # the store refuses to tie decisions to unknown content
+        review.ReviewStore(tmp_path, review.build_queue(preds), ("small", "big"))
+
+
+def test_load_queue_requires_the_manifest_with_sha256(manual):
+    manifest = manual.paths.generate / "manifest.csv"
+    full = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    full.drop(columns="sha256").to_csv(manifest, index=False)
+    with pytest.raises(StageError, match=f"{manifest}.*no sha256 column"):
+        _store(manual)
+    full.assign(sha256=[""] + full["sha256"].tolist()[1:]).to_csv(manifest, index=False)
+    with pytest.raises(StageError, match=f"{manifest} gives no sha256 for 1 queued images"):
+        _store(manual)
+    manifest.unlink()
+    with pytest.raises(StageError, match=f"{manifest} not found"):
+        review.run(manual, **stage_kwargs(manual))
 
 
 def test_build_queue_missing_columns_is_a_clear_error():
@@ -306,8 +332,7 @@ STUB = '''
 import sys
 sys.path.insert(0, "tests")
 from pathlib import Path
-from PIL import Image
-from review_fixtures import predictions_frame
+from review_fixtures import predictions_frame, write_generated
 from tasks.params import load_params
 
 stage = sys.argv[1]
@@ -316,9 +341,7 @@ with open("runs.log", "a") as fh:
     fh.write(stage + "\\n")
 df = predictions_frame(classes=params.classes)
 if stage == "generate":
-    for i, name in enumerate(df["file_name"]):
-        (params.paths.generate / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("L", (32, 32), color=40 + 40 * i).save(params.paths.generate / name)
+    write_generated(params.paths.generate, df)
 elif stage == "predict":
     params.paths.predict.mkdir(parents=True, exist_ok=True)
     df.to_csv(params.paths.predict / "predictions.csv", index=False)
@@ -387,3 +410,122 @@ def test_dvc_repro_stops_at_checkpoint_and_resumes_from_review_without_rerunning
     used = (proj / "data/retrain/used.csv").read_text()
     assert used.count(",reject,") == len(ITEMS)  # retrain saw exactly the person's latest decisions
     assert dvc(proj, "status", "--json").stdout.strip() in ("{}", "")
+
+
+# ------------------------------------------------------------------------------------------------- content
+def _decide_all(store, labels=("small", "big", "reject")):
+    for i, f in enumerate(store.waiting()):
+        store.decide(f, labels[i % len(labels)], version=0, reviewer="ann")
+
+
+def test_decisions_record_the_sha256_of_the_image_decided(manual):
+    store = _store(manual)
+    f = store.waiting()[0]
+    store.decide(f, "big", version=0, reviewer="ann")
+    manifest = pd.read_csv(manual.paths.generate / "manifest.csv").set_index("file_name")["sha256"]
+    row = review.read_corrections(manual.paths.review / "corrections.csv").iloc[0]
+    assert row["sha256"] == manifest[f] == store.item_view(f)["sha256"]
+    assert _audit(manual)[0]["new"]["sha256"] == manifest[f]
+    queue = pd.read_csv(manual.paths.review / "queue.csv", dtype=str).set_index("file_name")["sha256"]
+    assert queue.to_dict() == manifest.to_dict()
+
+
+def test_regenerated_image_invalidates_its_decision_and_waits_again(manual, caplog):
+    store = _store(manual)
+    _decide_all(store)
+    f = list(store.items)[1]
+    old = dict(store.decisions[f])
+    new_sha = regenerate(manual.paths.generate, f)  # new pixels at the same file name
+    with pytest.raises(WaitingForReview, match="1 of 5 items wait"):
+        review.run(manual, **stage_kwargs(manual))
+    assert "1 review decisions were made on a different image" in caplog.text
+    reopened = _store(manual)
+    assert reopened.waiting() == [f] and reopened.stale_decisions == 0  # invalidated once, by run()
+    assert reopened.item_view(f)["status"] == "waiting" and reopened.versions[f] == 2
+    corrections = review.read_corrections(manual.paths.review / "corrections.csv")
+    assert f not in set(corrections["file_name"]) and len(corrections) == len(ITEMS) - 1
+    assert set(corrections["file_name"]) == set(store.items) - {f}  # the others keep their decisions
+    entry = _audit(manual)[-1]
+    assert (entry["action"], entry["outcome"], entry["file_name"], entry["new"]) == ("invalidate", "saved", f, None)
+    assert entry["old"]["final_label"] == old["final_label"] and entry["old"]["sha256"] == old["sha256"]
+    assert old["sha256"][:12] in entry["note"] and new_sha[:12] in entry["note"] and "changed" in entry["note"]
+    with pytest.raises(review.Conflict):  # a page still showing the old image saves with the old version
+        reopened.decide(f, "big", version=1, reviewer="bob")
+    with pytest.raises(review.ReviewError, match="different image"):  # undo must not bring the old label back
+        reopened.undo(f, version=2, reviewer="ann")
+    assert review_status(manual)["waiting"] == 1
+
+
+def test_stale_decisions_metric_counts_invalidations_of_this_open(manual):
+    _decide_all(_store(manual))
+    f = list(_store(manual).items)[0]
+    regenerate(manual.paths.generate, f)
+    assert review.review_metrics(_store(manual), manual)["stale_decisions"] == 1
+    assert review.review_metrics(_store(manual), manual)["stale_decisions"] == 0  # already invalidated
+
+
+def test_save_naming_the_old_image_content_is_refused(manual):
+    store = _store(manual)
+    f = store.waiting()[0]
+    seen = store.item_view(f)["sha256"]
+    regenerate(manual.paths.generate, f)  # undecided: its version stays 0, only the content tells
+    fresh = _store(manual)
+    with pytest.raises(review.ImageChanged, match="different image now"):
+        fresh.decide(f, "big", version=0, reviewer="ann", sha256=seen)
+    assert fresh.item_view(f)["status"] == "waiting" and _audit(manual)[-1]["outcome"] == "conflict"
+    fresh.decide(f, "big", version=0, reviewer="ann", sha256=fresh.item_view(f)["sha256"])
+    assert fresh.item_view(f)["status"] == "accept"
+
+
+def test_legacy_corrections_without_sha256_are_all_invalidated(manual):
+    store = _store(manual)
+    _decide_all(store)
+    path = manual.paths.review / "corrections.csv"
+    legacy = pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns="sha256")
+    legacy.to_csv(path, index=False)  # written before decisions carried content hashes
+    reopened = _store(manual)
+    assert reopened.stale_decisions == len(ITEMS) and len(reopened.waiting()) == len(ITEMS)
+    assert review.read_corrections(path).empty
+    assert [e["action"] for e in _audit(manual)][-len(ITEMS):] == ["invalidate"] * len(ITEMS)
+    assert all("(none) then" in e["note"] for e in _audit(manual)[-len(ITEMS):])
+
+
+def test_orphaned_decision_keeps_its_sha256_and_counts_again_when_the_image_returns(manual):
+    store = _store(manual)
+    _decide_all(store)
+    preds_path = manual.paths.predict / "predictions.csv"
+    preds = pd.read_csv(preds_path)
+    gone = preds.loc[0, "file_name"]
+    preds.iloc[1:].to_csv(preds_path, index=False)  # e.g. num_images lowered: no longer predicted or queued
+    smaller = _store(manual)
+    assert smaller.stale_decisions == 0
+    assert review.review_metrics(smaller, manual)["orphaned_decisions"] == 1
+    kept = review.read_corrections(manual.paths.review / "corrections.csv").set_index("file_name")
+    assert kept.loc[gone, "sha256"] == store.items[gone]["sha256"]
+    preds.to_csv(preds_path, index=False)  # the same image comes back
+    back = _store(manual)
+    assert back.stale_decisions == 0 and back.waiting() == []
+
+
+def test_review_status_counts_only_decisions_on_the_queued_content(manual):
+    _decide_all(_store(manual))
+    assert review_status(manual)["waiting"] == 0
+    path = manual.paths.review / "corrections.csv"
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df.loc[0, "sha256"] = "0" * 64  # made on another image; the store has not re-opened yet
+    df.loc[1, "sha256"] = ""
+    df.to_csv(path, index=False)
+    assert review_status(manual)["waiting"] == 2
+
+
+def test_corrections_suite_requires_sha256_column_and_hex_values(manual):
+    from tasks.validation import ValidationFailed, validate
+
+    store = _store(manual)
+    _decide_all(store)
+    df = pd.read_csv(manual.paths.review / "corrections.csv", dtype=str, keep_default_na=False).astype({"version": int})
+    validate(df.assign(sha256=[""] + df["sha256"].tolist()[1:]), "review_corrections", classes=manual.classes)
+    with pytest.raises(ValidationFailed, match=f"match_regex on 'sha256': failing rows: {df.loc[0, 'file_name']}"):
+        validate(df.assign(sha256=["xyz"] + df["sha256"].tolist()[1:]), "review_corrections", classes=manual.classes)
+    with pytest.raises(ValidationFailed, match="expect_column_to_exist on 'sha256'"):
+        validate(df.drop(columns="sha256"), "review_corrections", classes=manual.classes)

@@ -8,7 +8,7 @@ import os
 
 import pandas as pd
 import pytest
-from review_fixtures import ITEMS, write_review_inputs
+from review_fixtures import ITEMS, regenerate, write_review_inputs
 from starlette.testclient import TestClient
 
 from conftest import make_params
@@ -168,3 +168,24 @@ def test_undo_bulk_accept_and_on_complete(p):
         assert _decide(client, token, item["file_name"], "big", version=item["version"]).status_code == 200
     assert len(calls) == 1 and calls[0]["waiting"] == 0 and calls[0]["reviewer"] == "ann"
     assert set(_corrections(p)["decision"]) <= {"accept", "correct"} and len(_corrections(p)) == len(ITEMS)
+
+
+def test_page_open_across_a_regeneration_gets_409_and_decides_the_new_image_only_after_reload(p):
+    client, token = _client(p)
+    items = client.get("/api/items").json()["items"]
+    decided, undecided = items[0], items[1]
+    assert _decide(client, token, decided["file_name"], "small").status_code == 200  # now version 1
+    for color, it in enumerate((decided, undecided), start=1):
+        regenerate(p.paths.generate, it["file_name"], color=color)
+    client2, token2 = _client(p)  # the app restarts on the regenerated images; the old tab still posts
+    stale = _decide(client2, token2, decided["file_name"], "big", version=1)
+    assert stale.status_code == 409 and stale.json()["item"]["status"] == "waiting"
+    assert stale.json()["item"]["version"] == 2  # bumped by the invalidation
+    unseen = _decide(client2, token2, undecided["file_name"], "big", version=0, sha256=undecided["sha256"])
+    assert unseen.status_code == 409 and "different image now" in unseen.json()["error"]
+    fresh = next(i for i in client2.get("/api/items").json()["items"] if i["file_name"] == undecided["file_name"])
+    assert fresh["sha256"] != undecided["sha256"]
+    ok = _decide(client2, token2, fresh["file_name"], "big", version=fresh["version"], sha256=fresh["sha256"])
+    assert ok.status_code == 200
+    assert _corrections(p).set_index("file_name").loc[fresh["file_name"], "sha256"] == fresh["sha256"]
+    assert decided["file_name"] not in set(_corrections(p)["file_name"])

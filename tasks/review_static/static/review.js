@@ -77,7 +77,7 @@ async function decide(label) {
   if (!it) return;
   if (!state.reviewer) { say("enter your reviewer name first"); $("reviewer-input").focus(); return; }
   const { status, data } = await post("/api/decide",
-    { file_name: it.file_name, label, version: it.version, reviewer: state.reviewer });
+    { file_name: it.file_name, sha256: it.sha256, label, version: it.version, reviewer: state.reviewer });
   if (status === 200) {
     replaceItem(data.item);
     state.progress = data.progress;
@@ -87,7 +87,9 @@ async function decide(label) {
     applyFilter(state.view[target] && state.view[target].file_name);
   } else if (status === 409) {
     replaceItem(data.item);
-    say(`${it.file_name} was changed by ${data.item.reviewer || "someone"} meanwhile; reloaded, decide again`);
+    say(data.item.sha256 !== it.sha256
+      ? `${it.file_name} is a different image now (regenerated); reloaded, decide again`
+      : `${it.file_name} was changed by ${data.item.reviewer || "someone"} meanwhile; reloaded, decide again`);
     applyFilter(it.file_name);
   } else {
     say(`not saved (${status}): ${data.error || ""}`);
