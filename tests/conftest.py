@@ -42,6 +42,19 @@ def make_params(root: Path, overrides: dict | None = None) -> Params:
     return parse_params(data, "params.yaml (shrunk for tests)")
 
 
+@pytest.fixture(scope="session")
+def completed_loop(tmp_path_factory: pytest.TempPathFactory):
+    """One project (shrunk params) after a whole `synthloop run`, and that run's output.
+
+    Run once per session; tests that start from a finished loop take a ``project.copy_project`` of it and never
+    change it, so the pristine project and its first-run output stay checkable.
+    """
+    from project import make_project, run_loop
+
+    project = make_project(tmp_path_factory.mktemp("loop") / "proj")
+    return project, run_loop(project)
+
+
 @pytest.fixture
 def params(tmp_path: Path) -> Params:
     return make_params(tmp_path)

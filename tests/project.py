@@ -37,6 +37,30 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
+def copy_project(src: Path, dest: Path, overrides: dict | None = None, *, drop: tuple[str, ...] = ()) -> Path:
+    """A copy of a project that has already run (code, params, data, DVC cache and lock), params overridden.
+
+    The MLflow store is not copied (its artifact paths point into ``src``): the copy starts a fresh one. ``drop``
+    removes folders of the copy first, e.g. ``data/review`` to start the review over as a user would.
+    """
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", ".prefect"))
+    for rel in drop:
+        shutil.rmtree(dest / rel)
+    if overrides:
+        data = yaml.safe_load((dest / "params.yaml").read_text())
+        (dest / "params.yaml").write_text(yaml.safe_dump(_merge(data, overrides), sort_keys=False))
+    return dest
+
+
+def run_loop(dest: Path, *args: str, env: dict[str, str] | None = None,
+             timeout: int = 900) -> subprocess.CompletedProcess:
+    """``synthloop run`` in ``dest`` (a subprocess, as a user runs it); fails the test with the output tail."""
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "run", *args], cwd=dest, env=env or env_for(dest),
+                          text=True, capture_output=True, timeout=timeout)
+    assert proc.returncode == 0, f"synthloop run {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
 def env_for(dest: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{dest / 'mlflow.db'}"

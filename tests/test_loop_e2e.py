@@ -1,8 +1,9 @@
 """The whole loop end to end on a shrunk profile, through `synthloop run` (Prefect) and `dvc repro`.
 
-One project copy walks through the re-run matrix: first run → everything runs and the report has its headline;
-unchanged → nothing re-runs; a changed generate.* param → generate and downstream only (both entry points);
-a killed flow mid-generate → the next run resumes and finishes with a complete, valid generated set.
+The session's first whole run (conftest ``completed_loop``) is checked, then one copy of that project walks
+through the re-run matrix: unchanged → nothing re-runs; a changed generate.* param → generate and downstream only
+(both entry points); a killed flow mid-generate → the next run resumes and finishes with a complete, valid
+generated set. Another copy switches generation to Dask on a persistent Prefect server.
 """
 
 from __future__ import annotations
@@ -17,19 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from project import dvc, env_for, make_project
+from project import copy_project, dvc, env_for, run_loop
 from tasks.params import STAGES
 
 pytestmark = pytest.mark.slow
 
 DOWNSTREAM_OF_GENERATE = ["generate", "predict", "review", "retrain", "evaluate"]
-
-
-def _synthloop(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "tasks.cli", *args], cwd=project, env=env_for(project),
-                          text=True, capture_output=True, timeout=timeout)
-    assert proc.returncode == 0, f"synthloop {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
 
 
 def _stamps(project: Path) -> dict[str, float]:
@@ -43,12 +37,12 @@ def _ran_since(before: dict[str, float], project: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_project(tmp_path_factory.mktemp("e2e") / "proj")
+def project(completed_loop, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_project(completed_loop[0], tmp_path_factory.mktemp("e2e") / "proj")
 
 
-def test_first_run_produces_the_report(project: Path):
-    proc = _synthloop(project, "run")
+def test_first_run_produces_the_report(completed_loop):
+    project, proc = completed_loop
     out = proc.stdout
     assert "## Paired difference" in out and "Answer (" in out, out[-3000:]
     assert "report:" in out and "MLflow:" in out and "Prefect:" in out
@@ -61,7 +55,7 @@ def test_first_run_produces_the_report(project: Path):
 def test_unchanged_rerun_runs_nothing(project: Path):
     before = _stamps(project)
     start = time.perf_counter()
-    proc = _synthloop(project, "run")
+    proc = run_loop(project)
     assert _ran_since(before, project) == []
     assert proc.stderr.count("up to date") >= len(STAGES) or "Skipped" in proc.stderr
     assert time.perf_counter() - start < 120
@@ -70,7 +64,7 @@ def test_unchanged_rerun_runs_nothing(project: Path):
 
 def test_changed_generate_param_reruns_generate_and_downstream_only_via_prefect(project: Path):
     before = _stamps(project)
-    _synthloop(project, "run", "--set", "generate.num_images=12")
+    run_loop(project, "--set", "generate.num_images=12")
     assert _ran_since(before, project) == DOWNSTREAM_OF_GENERATE
 
 
@@ -101,7 +95,7 @@ def test_killed_flow_mid_generate_resumes(project: Path):
     assert proc.poll() is None, "the flow finished before it could be killed; raise generate.num_images"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _synthloop(project, "run")
+    run_loop(project)
     manifest = (project / "data" / "generate" / "manifest.csv").read_text().splitlines()
     assert len(manifest) - 1 == 40
     assert _count_pngs(images) == 40
@@ -113,7 +107,8 @@ def _count_pngs(folder: Path) -> int:
     return sum(1 for _ in folder.rglob("*.png")) if folder.exists() else 0
 
 
-def test_loop_with_dask_generation_on_a_persistent_prefect_server(tmp_path: Path, prefect_server: str):
+def test_loop_with_dask_generation_on_a_persistent_prefect_server(completed_loop, tmp_path: Path,
+                                                                  prefect_server: str):
     """Outgrowing one process: the loop up to generate with shards on a local 2-worker Dask cluster, recorded on
     a real Prefect server (what `prefect server start` gives a team). Byte-identity between engines is checked
     in tests/test_generate.py (test_dask_two_workers_byte_identical_to_in_process)."""
@@ -122,14 +117,17 @@ def test_loop_with_dask_generation_on_a_persistent_prefect_server(tmp_path: Path
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    project = make_project(tmp_path / "dask", overrides={"generate": {
+    # A new batch/shard layout changes every image's recipe: all 8 are generated again, on the Dask workers.
+    project = copy_project(completed_loop[0], tmp_path / "dask", overrides={"generate": {
         "num_images": 8, "shard_size": 2, "batch_size": 2, "engine": "dask", "dask_workers": 2}})
-    env = {**env_for(project), "PREFECT_API_URL": prefect_server}
-    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "run", "--stages", *STAGES[:6]], cwd=project,
-                          env=env, text=True, capture_output=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    before = pd.read_csv(project / "data" / "generate" / "manifest.csv")
+    proc = run_loop(project, "--stages", *STAGES[:6], env={**env_for(project), "PREFECT_API_URL": prefect_server})
+    assert "Running stage 'generate'" in proc.stdout + proc.stderr
+    assert "Running stage 'dreambooth'" not in proc.stdout + proc.stderr
     manifest = pd.read_csv(project / "data" / "generate" / "manifest.csv")
     assert len(manifest) == 8 and manifest["shard"].nunique() == 4
+    assert not set(manifest["recipe"]) & set(before["recipe"])
+    assert json.loads((project / "metrics" / "generate.json").read_text())["generated"] == 8
     assert sorted(p.name for p in (project / "data" / "generate" / "images").rglob("*.png")) == \
         sorted(Path(f).name for f in manifest["file_name"])
 

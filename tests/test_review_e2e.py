@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from browser import browser_page, chromium  # noqa: F401  (fixtures)
-from project import dvc, env_for, make_project
+from project import copy_project, dvc, env_for
 
 from conftest import REPO, free_port
 from tasks.review import read_audit, read_corrections
@@ -95,12 +95,15 @@ def _review_with_the_keyboard(page, url: str, total: int) -> dict[str, tuple[str
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_person_reviews_in_the_browser_and_the_paused_flow_resumes_to_retrain(tmp_path: Path, browser_page):
+def test_person_reviews_in_the_browser_and_the_paused_flow_resumes_to_retrain(completed_loop, tmp_path: Path,
+                                                                              browser_page):
     port = free_port()
     seed = yaml.safe_load((REPO / "params.yaml").read_text())["seed"]
-    project = make_project(tmp_path / "proj", {
+    # The session's finished loop, switched to manual review with the simulated decisions removed: the flow
+    # re-runs generate (fewer images) and predict, then stops at the checkpoint for a person.
+    project = copy_project(completed_loop[0], tmp_path / "proj", {
         "review": {"mode": "manual", "port": port}, "generate": {"num_images": 6},
-        "evaluate": {"seeds": [seed, seed + 1]}})  # evaluate reuses the stage models for `seed`: fewer to train
+        "evaluate": {"seeds": [seed, seed + 1]}}, drop=("data/review",))  # evaluate reuses `seed`'s stage models
     url = f"http://127.0.0.1:{port}/"
     log = tmp_path / "flow.log"
     env = {**env_for(project), "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1"}
