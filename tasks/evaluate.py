@@ -120,15 +120,20 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: Seque
 
 
 def review_cost(generated: pd.DataFrame, corrections: pd.DataFrame) -> dict[str, float]:
-    """Corrections and rejections per 100 kept generated images (the human work synthetic data costs)."""
+    """Corrections and rejections per 100 kept generated images (the human work synthetic data costs), and the
+    share of kept images whose final label is the class they were generated for (the generator's fidelity)."""
     n = len(generated)
     if n == 0:
         raise ValueError("no generated images: review cost is undefined")
     counts = corrections["decision"].value_counts()
+    kept = corrections[corrections["decision"] != "reject"]
+    agreement = (float((kept["final_label"] == kept["intended_label"]).mean())
+                 if len(kept) and {"final_label", "intended_label"} <= set(kept.columns) else float("nan"))
     return {"n_generated_ok": n, "n_reviewed": len(corrections),
             **{f"n_{d}": int(counts.get(d, 0)) for d in ("accept", "correct", "reject")},
             "corrections_per_100": 100 * counts.get("correct", 0) / n,
-            "rejections_per_100": 100 * counts.get("reject", 0) / n}
+            "rejections_per_100": 100 * counts.get("reject", 0) / n,
+            "intended_agreement": agreement}
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -322,7 +327,8 @@ def _headline(params: Params, summary: pd.DataFrame, diffs: pd.DataFrame, stage_
            "paired_diff_test_balanced_accuracy": d["diff_mean"], "paired_diff_test_low": d["diff_low"],
            "paired_diff_test_high": d["diff_high"], "fid": overall["fid"], "kid_mean": overall["kid_mean"],
            "fid_precision": overall["precision"], "fid_recall": overall["recall"],
-           "corrections_per_100": cost["corrections_per_100"], "rejections_per_100": cost["rejections_per_100"]}
+           "corrections_per_100": cost["corrections_per_100"], "rejections_per_100": cost["rejections_per_100"],
+           "intended_agreement": cost["intended_agreement"]}
     for arm, m in stage_test.items():
         name = "baseline" if arm == ARMS[0] else "retrained"
         out.update({f"stage_{name}_test_{k}": v for k, v in m.items() if k in METRICS})

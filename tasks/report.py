@@ -198,7 +198,10 @@ def build_blocks(summary: dict[str, Any], figures: list[tuple[str, bytes, str]])
         ("table", pd.DataFrame(summary["fidelity"])),
         ("h2", "Review cost"),
         ("p", f"{summary['review_cost']['corrections_per_100']:.1f} corrections and "
-              f"{summary['review_cost']['rejections_per_100']:.1f} rejections per 100 generated (kept) images."),
+              f"{summary['review_cost']['rejections_per_100']:.1f} rejections per 100 generated (kept) images "
+              "(a correction changes the baseline classifier's label). Generator fidelity: "
+              f"{100 * summary['review_cost'].get('intended_agreement', float('nan')):.1f}% of the kept images "
+              "were given the class they were generated for."),
         ("table", pd.DataFrame([summary["review_cost"]])),
         ("h2", "Figures"),
     ]

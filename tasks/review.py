@@ -514,11 +514,17 @@ def label_with_reference(params: Params, generated: Path, file_names: Sequence[s
 def review_metrics(store: ReviewStore, params: Params) -> dict[str, Any]:
     """Headline numbers for metrics/review.json and MLflow."""
     progress = store.progress()
-    reviewers = [store.decisions[f]["reviewer"] for f in store.items if f in store.decisions]
+    decided = [store.decisions[f] for f in store.items if f in store.decisions]
+    reviewers = [row["reviewer"] for row in decided]
     simulated = reviewers.count(REFERENCE_REVIEWER)
     auto = reviewers.count(AUTO_REVIEWER)
+    labelled = [row for row in decided if row["decision"] != REJECT]
     return {
         **progress,
+        # The generator's class fidelity as the reviewers judged it: kept images whose final label is the class
+        # they were generated for (corrections count changes to the *classifier's* prediction, not this).
+        "intended_agreement": (round(sum(r["final_label"] == r["intended_label"] for r in labelled) / len(labelled), 4)
+                               if labelled else None),
         "reviewed": progress["decided"],
         "human_decisions": len(reviewers) - simulated - auto,
         "auto_accepted": auto,

@@ -57,9 +57,11 @@ def test_classification_metrics_binary_and_multiclass():
 
 def test_review_cost_per_100():
     gen = pd.DataFrame({"file_name": [str(i) for i in range(50)]})
-    corr = pd.DataFrame({"decision": ["accept"] * 40 + ["correct"] * 6 + ["reject"] * 4})
+    corr = pd.DataFrame({"decision": ["accept"] * 40 + ["correct"] * 6 + ["reject"] * 4,
+                         "intended_label": ["a"] * 50, "final_label": ["a"] * 36 + ["b"] * 10 + [""] * 4})
     cost = evaluate.review_cost(gen, corr)
     assert cost["corrections_per_100"] == 12 and cost["rejections_per_100"] == 8
+    assert cost["intended_agreement"] == pytest.approx(36 / 46)
     with pytest.raises(ValueError):
         evaluate.review_cost(gen.iloc[:0], corr)
 

@@ -175,6 +175,9 @@ def test_complete_review_returns_metrics_and_keeps_human_decisions(manual):
     assert m["accepted"] + m["corrected"] + m["rejected"] == 5 and m["rejected"] == 1
     assert m["seconds_per_item"] is not None and m["seconds_per_item"] >= 0
     corrections = pd.read_csv(out.corrections, dtype=str, keep_default_na=False)
+    kept = corrections[corrections["decision"] != "reject"]
+    assert m["intended_agreement"] == round((kept["final_label"] == kept["intended_label"]).mean(), 4)
+    assert 0 < m["intended_agreement"] < 1, "the fixture mixes agreeing and disagreeing labels"
     assert list(corrections.columns) == review.CORRECTION_COLUMNS
     assert list(corrections["file_name"]) == list(store.items)  # queue order
 
