@@ -96,18 +96,25 @@ def caption_table(manifest: pd.DataFrame, template: str, thing: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def build_prompts(classes: tuple[str, ...], token: str, thing: str,
-                  class_negatives: bool = False) -> dict[str, Any]:
+def build_prompts(classes: tuple[str, ...], token: str, thing: str, class_negatives: bool = False,
+                  captions: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """DreamBooth prompts: one instance prompt per class (``photo of <token> <class> <thing>``) and the class prompt.
 
     With ``class_negatives``, ``negative_prompts`` maps each class to the other classes' instance prompts, joined by
     ``tasks.sd.PROMPT_SEPARATOR`` (their text embeddings are averaged; with two classes it is simply the other one).
+    ``captions`` (class → its train images' captions) become ``caption_prompts``: distinct, sorted, for
+    ``generate.prompt_source: captions``.
     """
     if not classes:
         raise CaptionError("no classes to build prompts for")
     instance = {c: f"photo of {token} {c} {thing}" for c in classes}
     prompts: dict[str, Any] = {"classes": list(classes), "instance_prompts": instance,
                                "class_prompt": f"photo of a {thing}"}
+    if captions is not None:
+        missing = [c for c in classes if not captions.get(c)]
+        if missing:
+            raise CaptionError(f"no train captions for class(es) {missing}: every class needs train images")
+        prompts["caption_prompts"] = {c: sorted(set(captions[c])) for c in classes}
     if class_negatives and len(classes) > 1:
         prompts["negative_prompts"] = {c: PROMPT_SEPARATOR.join(instance[o] for o in classes if o != c)
                                        for c in classes}
@@ -164,16 +171,19 @@ def run(params: Params, *, trainval: Path, out_dir: Path) -> CaptionOutputs:
     if leaked:
         raise CaptionError(f"{trainval / 'manifest.csv'} holds split(s) {leaked}; caption reads train/val only")
     metrics: dict[str, float] = {}
+    captions: dict[str, list[str]] = {}
     for split in SPLITS:
         part = manifest[manifest["split"] == split]
         if part.empty:
             raise CaptionError(f"split {split!r} of {trainval / 'manifest.csv'} is empty")
         table, n_linked = _write_split(part, trainval, out_dir / split, params)
+        if split == "train":
+            captions = table.groupby("label")["text"].agg(list).to_dict()
         metrics[f"n_{split}"] = float(len(table))
         metrics[f"n_{split}_user_captions"] = float((table["caption_source"] == "user").sum())
         metrics[f"n_{split}_linked"] = float(n_linked)
     prompts = build_prompts(params.classes, params.caption.instance_token, params.caption.thing,
-                            params.caption.class_negatives)
+                            params.caption.class_negatives, captions)
     atomic_write_json(out_dir / "prompts.json", prompts)
     log.info("caption: %s", metrics)
     return CaptionOutputs(out_dir / "train", out_dir / "val", out_dir / "prompts.json", metrics)

@@ -435,14 +435,19 @@ def class_spread(rows: list[Any]) -> Any:
 
 
 def validation_prompts(caption: Path, cfg: Dreambooth) -> list[tuple[str, str]]:
-    """Per class, the (prompt, negative prompt) validation uses: the instance prompt, or the class's first caption
-    (per_image), with the class's negative prompt from prompts.json ("" when there is none)."""
+    """Per class, the (prompt, negative prompt) validation uses, as generate will: the instance prompt and the
+    class's negative from prompts.json; or (per_image) the class's first caption and the other classes' first
+    captions. The negative is "" when class negatives are off."""
+    from tasks.sd import PROMPT_SEPARATOR
+
     _names, labels, texts, prompts = read_caption(caption, cfg.caption_mode)
     negatives = prompts.get("negative_prompts") or {}
     if cfg.caption_mode == "class":
         return [(prompts["instance_prompts"][c], negatives.get(c, "")) for c in prompts["classes"]]
     first = dict(reversed(list(zip(labels, texts))))
-    return [(first[c], negatives.get(c, "")) for c in prompts["classes"] if c in first]
+    shown = [c for c in prompts["classes"] if c in first]
+    return [(first[c], PROMPT_SEPARATOR.join(first[o] for o in shown if o != c) if negatives else "")
+            for c in shown]
 
 
 def _tracking_run() -> Any:

@@ -138,6 +138,37 @@ def negative_prompt(template: str, class_negative: str, user_negative: str) -> s
     return PROMPT_SEPARATOR.join(parts)
 
 
+def _prompt_source(prompts: dict[str, Any], classes: list[str], source: str) -> dict[str, list[str]]:
+    """Per class, the prompts images cycle through: its instance prompt, or its real train captions."""
+    if source == "instance":
+        return {c: [prompts["instance_prompts"][c]] for c in classes}
+    captions = prompts.get("caption_prompts") or {}
+    missing = [c for c in classes if not captions.get(c)]
+    if missing:
+        raise StageError(f"generate.prompt_source is captions but prompts.json has no caption_prompts for {missing}; "
+                         "re-run the caption stage (dvc repro caption)")
+    return {c: list(captions[c]) for c in classes}
+
+
+def _cycle(items: Sequence[str], k: int) -> str:
+    return items[k % len(items)]
+
+
+def _class_negative(prompts: dict[str, Any], source: dict[str, list[str]], label: str, k: int,
+                    by_captions: bool) -> str:
+    """With class negatives on: prompts.json's negative for ``label`` when prompting by instance prompt; when
+    prompting by captions, the other classes' captions at the same position ``k`` (guide away from a real caption
+    of each other class)."""
+    from tasks.sd import PROMPT_SEPARATOR
+
+    negatives = prompts.get("negative_prompts") or {}
+    if not negatives:  # caption.class_negatives off
+        return ""
+    if not by_captions:
+        return negatives.get(label, "")
+    return PROMPT_SEPARATOR.join(_cycle(source[o], k) for o in source if o != label)
+
+
 def plan_generation(params: Params, prompts: dict[str, Any], *, model_hash: str = "",
                     image_size: int | None = None) -> pd.DataFrame:
     """One row per image to generate: label, prompt, seed, sampler settings, shard, batch and slot.
@@ -157,7 +188,7 @@ def plan_generation(params: Params, prompts: dict[str, Any], *, model_hash: str 
         raise StageError(f"image size must be a positive multiple of 8, got {size!r} (set generate.image_size)")
     labels = _interleave(class_counts(classes, g.num_images, g.class_ratios))
     templates = g.prompt_templates or ("{prompt}",)
-    class_negatives = prompts.get("negative_prompts") or {}
+    source = _prompt_source(prompts, classes, g.prompt_source)
     per_class = dict.fromkeys(classes, 0)
     rows = []
     for index, label in enumerate(labels):
@@ -165,8 +196,10 @@ def plan_generation(params: Params, prompts: dict[str, Any], *, model_hash: str 
         shard, in_shard = divmod(index, g.shard_size)
         template = templates[k % len(templates)]
         row = {"index": index, "file_name": f"{_IMAGES}/{label}/{index:06d}.png", "intended_label": label,
-               "prompt": template.format(prompt=instance[label]),
-               "negative_prompt": negative_prompt(template, class_negatives.get(label, ""), g.negative_prompt),
+               "prompt": template.format(prompt=_cycle(source[label], k)),
+               "negative_prompt": negative_prompt(
+                   template, _class_negative(prompts, source, label, k, g.prompt_source == "captions"),
+                   g.negative_prompt),
                "seed": derive_seed(params.seed, index),
                "scheduler": g.scheduler, "steps": g.num_inference_steps, "guidance": g.guidance_scale,
                "height": size, "width": size, "model_hash": model_hash, "shard": shard,

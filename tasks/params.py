@@ -205,7 +205,11 @@ class Generate(_Section):
     engine: Literal["local", "dask"] = "local"
     #: Share of each class in the generated set (keys = classes); null = balanced.
     class_ratios: dict[str, float] | None = None
-    #: Prompt variations, cycled per class; each must contain "{prompt}" (the class's instance prompt).
+    #: Where each image's prompt comes from: ``instance`` = the class's instance prompt (``photo of zwx <class>
+    #: <thing>``, what ``dreambooth.caption_mode: class`` trains); ``captions`` = the class's real train captions,
+    #: cycled (prompts.json ``caption_prompts``, what ``caption_mode: per_image`` trains).
+    prompt_source: Literal["instance", "captions"] = "instance"
+    #: Prompt variations, cycled per class; each must contain "{prompt}" (the prompt chosen by prompt_source).
     prompt_templates: tuple[str, ...] = ()
     #: Output size in pixels; null = the model's native size.
     image_size: int | None = Field(None, ge=16, le=2048)
@@ -356,6 +360,16 @@ class Params(_Section):
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
     schedule: Schedule = Schedule()
+
+    @model_validator(mode="after")
+    def _prompts_match_training(self) -> "Params":
+        # A model fine-tuned on per-image captions never saw the instance prompts: generating with them would
+        # give images that follow no class.
+        if self.dreambooth.caption_mode == "per_image" and self.generate.prompt_source == "instance":
+            raise ValueError("dreambooth.caption_mode per_image trains on the images' own captions; set "
+                             "generate.prompt_source: captions so generation prompts with them (not with the "
+                             "instance prompts the model never saw)")
+        return self
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -51,6 +51,14 @@ def test_build_prompts_class_negatives_name_every_other_class() -> None:
     assert "negative_prompts" not in caption.build_prompts(("only",), "zwx", "teat", class_negatives=True)
 
 
+def test_build_prompts_caption_prompts_are_distinct_sorted_and_cover_every_class() -> None:
+    prompts = caption.build_prompts(("small", "big"), "zwx", "hip xray",
+                                    captions={"small": ["b", "a", "b"], "big": ["c"]})
+    assert prompts["caption_prompts"] == {"small": ["a", "b"], "big": ["c"]}
+    with pytest.raises(caption.CaptionError, match=r"\['big'\]"):
+        caption.build_prompts(("small", "big"), "zwx", "hip xray", captions={"small": ["a"]})
+
+
 def test_run_writes_imagefolders_for_train_and_val_only(params) -> None:
     trainval = _ingested(params)
     out = caption.run(params, trainval=trainval, out_dir=params.paths.caption)
@@ -70,6 +78,9 @@ def test_run_writes_imagefolders_for_train_and_val_only(params) -> None:
     assert not (params.paths.caption / "test").exists()
     prompts = json.loads(out.prompts.read_text())
     assert prompts["instance_prompts"]["big"] == "photo of zwx big hip xray"
+    train = pd.read_csv(out.train / "metadata.csv")
+    assert prompts["caption_prompts"]["big"] == sorted(set(train.loc[train.label == "big", "text"]))
+    assert prompts["negative_prompts"]["big"] == "photo of zwx small hip xray"  # class_negatives in params.yaml
     assert out.metrics["n_train"] == 8 and out.metrics["n_train_linked"] == 8
 
 

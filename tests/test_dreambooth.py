@@ -70,7 +70,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def db_params(tmp_path: Path, **over) -> object:
     base = {"steps": 4, "batch_size": 2, "num_class_images": 2, "checkpoint_every": 2, "validation_every": 4,
             "validation_images": 2, "inference_steps": 2, "prior_preservation": False, "log_model": False}
-    return make_params(tmp_path, {"dreambooth": {**base, **over}})
+    source = "captions" if over.get("caption_mode") == "per_image" else "instance"  # what generate must match
+    return make_params(tmp_path, {"dreambooth": {**base, **over}, "generate": {"prompt_source": source}})
 
 
 def run_db(params, world) -> dreambooth.DreamboothOutputs:
@@ -156,9 +157,10 @@ def test_validation_uses_the_class_negatives_of_prompts_json(tmp_path: Path) -> 
     pairs = dreambooth.validation_prompts(folder, cfg)
     assert pairs == [("photo of zwx small hip xray", "photo of zwx big hip xray"),
                      ("photo of zwx big hip xray", "photo of zwx small hip xray")]
-    per_image = make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"}}).dreambooth
+    per_image = make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"},
+                                       "generate": {"prompt_source": "captions"}}).dreambooth
     assert dreambooth.validation_prompts(folder, per_image)[1] == ("X-ray of a dog hip, big hip angle 0",
-                                                                   "photo of zwx small hip xray")
+                                                                   "X-ray of a dog hip, small hip angle 0")
     pipe = build_tiny_pipeline(SIZE, 0)
     pipe.set_progress_bar_config(disable=True)
     quick = make_params(tmp_path, {"dreambooth": {"inference_steps": 2}}).dreambooth

@@ -107,6 +107,21 @@ def test_plan_class_negatives_follow_the_template_and_join_the_users(tmp_path):
     assert set(G.plan_generation(make_params(tmp_path), PROMPTS, image_size=32)["negative_prompt"]) == {""}
 
 
+def test_plan_from_captions_cycles_each_class_captions_and_negates_the_others(tmp_path):
+    prompts = {**PROMPTS, "negative_prompts": {"small": "photo of zwx big hip xray", "big": "photo of zwx small hip xray"},
+               "caption_prompts": {"small": ["s1", "s2", "s3"], "big": ["b1", "b2"]}}
+    params = make_params(tmp_path, {"generate": {"num_images": 8, "prompt_source": "captions"}})
+    plan = G.plan_generation(params, prompts, image_size=32)
+    small, big = (plan[plan["intended_label"] == c] for c in ("small", "big"))
+    assert small["prompt"].tolist() == ["s1", "s2", "s3", "s1"] and big["prompt"].tolist() == ["b1", "b2", "b1", "b2"]
+    assert small["negative_prompt"].tolist() == ["b1", "b2", "b1", "b2"]  # the other class's caption at the same k
+    assert big["negative_prompt"].tolist() == ["s1", "s2", "s3", "s1"]
+    off = {k: v for k, v in prompts.items() if k != "negative_prompts"}
+    assert set(G.plan_generation(params, off, image_size=32)["negative_prompt"]) == {""}
+    with pytest.raises(StageError, match="no caption_prompts.*dvc repro caption"):
+        G.plan_generation(params, PROMPTS, image_size=32)
+
+
 def test_derive_seed_is_stable_across_processes_and_versions():
     # A fixed value: a change of hashing (e.g. Python's salted hash()) would silently change every image.
     assert G.derive_seed(100, 0) == 1868645343657104397

@@ -95,3 +95,14 @@ def test_apply_overrides_keeps_comments_and_validates_first(tmp_path: Path):
     assert path.read_text() == before, "an invalid override must leave the file untouched"
     with pytest.raises(ParamsError, match="unknown section"):
         apply_overrides(path, ["nosuch.key=1"])
+
+
+def test_per_image_training_needs_caption_prompts_for_generation(tmp_path) -> None:
+    from tasks.params import ParamsError
+
+    from conftest import make_params
+
+    with pytest.raises(ParamsError, match="generate.prompt_source: captions"):
+        make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"}})
+    ok = make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"}, "generate": {"prompt_source": "captions"}})
+    assert ok.generate.prompt_source == "captions"
