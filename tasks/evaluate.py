@@ -30,6 +30,7 @@ from tasks.classifier import HISTORY_FILE, MODEL_FILE, ClassifierNet, TrainResul
     select_synthetic, train_arm
 from tasks.io import atomic_write_csv, atomic_write_json
 from tasks.params import Params
+from tasks.review import intended_agreement
 from tasks.stage import StageError, cli_main
 from tasks.validation import validate
 
@@ -126,14 +127,12 @@ def review_cost(generated: pd.DataFrame, corrections: pd.DataFrame) -> dict[str,
     if n == 0:
         raise ValueError("no generated images: review cost is undefined")
     counts = corrections["decision"].value_counts()
-    kept = corrections[corrections["decision"] != "reject"]
-    agreement = (float((kept["final_label"] == kept["intended_label"]).mean())
-                 if len(kept) and {"final_label", "intended_label"} <= set(kept.columns) else float("nan"))
+    agreement = intended_agreement(corrections)
     return {"n_generated_ok": n, "n_reviewed": len(corrections),
             **{f"n_{d}": int(counts.get(d, 0)) for d in ("accept", "correct", "reject")},
             "corrections_per_100": 100 * counts.get("correct", 0) / n,
             "rejections_per_100": 100 * counts.get("reject", 0) / n,
-            "intended_agreement": agreement}
+            "intended_agreement": float("nan") if agreement is None else agreement}
 
 
 # ---------------------------------------------------------------------------------------------------- data

@@ -511,6 +511,14 @@ def label_with_reference(params: Params, generated: Path, file_names: Sequence[s
     return labels
 
 
+def intended_agreement(corrections: pd.DataFrame) -> float | None:
+    """The generator's class fidelity as the reviewers judged it: the share of kept (not rejected) images whose
+    final label is the class they were generated for; None when nothing was kept. (A *correction* changes the
+    classifier's predicted label, so corrections do not measure this.)"""
+    kept = corrections[corrections["decision"] != REJECT]
+    return float((kept["final_label"] == kept["intended_label"]).mean()) if len(kept) else None
+
+
 def review_metrics(store: ReviewStore, params: Params) -> dict[str, Any]:
     """Headline numbers for metrics/review.json and MLflow."""
     progress = store.progress()
@@ -518,13 +526,10 @@ def review_metrics(store: ReviewStore, params: Params) -> dict[str, Any]:
     reviewers = [row["reviewer"] for row in decided]
     simulated = reviewers.count(REFERENCE_REVIEWER)
     auto = reviewers.count(AUTO_REVIEWER)
-    labelled = [row for row in decided if row["decision"] != REJECT]
+    agreement = intended_agreement(pd.DataFrame(decided, columns=CORRECTION_COLUMNS))
     return {
         **progress,
-        # The generator's class fidelity as the reviewers judged it: kept images whose final label is the class
-        # they were generated for (corrections count changes to the *classifier's* prediction, not this).
-        "intended_agreement": (round(sum(r["final_label"] == r["intended_label"] for r in labelled) / len(labelled), 4)
-                               if labelled else None),
+        "intended_agreement": None if agreement is None else round(agreement, 4),
         "reviewed": progress["decided"],
         "human_decisions": len(reviewers) - simulated - auto,
         "auto_accepted": auto,
