@@ -21,10 +21,10 @@ export HF_HUB_OFFLINE ?= 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test test-fast venv lock review ui benchmark clean-data
+.PHONY: run test test-fast venv lock deps review ui benchmark clean-data
 
 run: $(STAMP)
-	$(PY) -m tasks.cli run
+	$(PY) -m flows.cli run
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -48,11 +48,15 @@ lock: $(STAMP)
 	  echo "# Regenerate with \`make lock\` after changing dependencies."; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|torchvision|synthloop)[=@ ]'; } > requirements.lock
 
+# dvc.yaml's code deps from the import graph (tests/test_dag.py fails when they disagree).
+deps: $(STAMP)
+	$(PY) -m tasks.codedeps --write
+
 review: $(STAMP)
-	$(PY) -m tasks.cli review
+	$(PY) -m flows.cli review
 
 ui: $(STAMP)
-	$(PY) -m tasks.cli ui
+	$(PY) -m flows.cli ui
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -11,7 +11,8 @@ import time
 import tasks  # noqa: F401  (arms the torchvision guard)
 import torch
 
-from tasks.classifier import WeightedLoss, build_model
+from tasks.classify.models import build_model
+from tasks.classify.train import WeightedLoss
 from tasks.params import load_params
 
 

@@ -31,9 +31,9 @@ def fidelity(pipe, params, prompt: str, negative: str, label: str, n: int, guida
     import torch
     from PIL import Image
 
-    from tasks.generate import initial_latents
-    from tasks.reference import measure_angles, reference_label
-    from tasks.sd import prompt_embedding
+    from tasks.generation.sampling import initial_latents
+    from tasks.review.reference import measure_angles, reference_label
+    from tasks.diffusion.prompts import prompt_embedding
 
     g = params.generate
     size = pipe.unet.config.sample_size
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tasks.caption import build_prompts
     from tasks.params import load_params
-    from tasks.sd import load_pipeline, set_scheduler
+    from tasks.diffusion.pipeline import load_pipeline, set_scheduler
 
     params = load_params(REPO / "params.yaml")
     if not (args.model / "model_index.json").is_file() or not args.prompts.is_file():

@@ -41,7 +41,8 @@ CLASSES = ("small", "big")
 
 def make_inputs(root: Path, size: int) -> tuple[Path, Path]:
     """A tiny random-weight pipeline folder at ``size`` and a caption-stage prompts.json."""
-    from tasks.sd import build_tiny_pipeline, save_pipeline
+    from tasks.diffusion.pipeline import save_pipeline
+    from tasks.diffusion.tiny import build_tiny_pipeline
 
     model = save_pipeline(build_tiny_pipeline(size, 0), root / "model")
     prompts = root / "prompts.json"
@@ -77,7 +78,7 @@ def time_naive(model: Path, params: Params, n: int, out_dir: Path) -> float:
     """The loop one writes from the diffusers docs: one pipeline call (prompt in, PIL out) and one save per image."""
     import torch
 
-    from tasks.sd import load_pipeline, set_scheduler
+    from tasks.diffusion.pipeline import load_pipeline, set_scheduler
 
     g = params.generate
     pipe = set_scheduler(load_pipeline(model), g.scheduler)

@@ -34,7 +34,7 @@ def _run(dest: Path) -> float:
     from project import env_for
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tasks.cli", "run"], cwd=dest, env=env_for(dest), check=True)
+    subprocess.run([sys.executable, "-m", "flows.cli", "run"], cwd=dest, env=env_for(dest), check=True)
     return time.perf_counter() - start
 
 

@@ -40,7 +40,7 @@ def sd15_pipeline(dtype) -> object:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tasks.sd import SD15_SCHEDULER, build_tokenizer
+    from tasks.diffusion.tiny import SD15_SCHEDULER, build_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -82,7 +82,7 @@ def time_naive(model: Path, args: argparse.Namespace, dtype, device: str) -> flo
     """One pipeline call per image (prompt in, PIL out), the way the diffusers docs show it."""
     import torch
 
-    from tasks.sd import load_pipeline
+    from tasks.diffusion.pipeline import load_pipeline
 
     pipe = load_pipeline(model, dtype=dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         device, name = "cuda", torch.cuda.get_device_name(0)
         dtype = torch.float16 if args.precision == "fp16" else torch.bfloat16
     from tasks.generate import run
-    from tasks.sd import build_tiny_pipeline, save_pipeline
+    from tasks.diffusion.pipeline import save_pipeline
+    from tasks.diffusion.tiny import build_tiny_pipeline
 
     root = Path(tempfile.mkdtemp(prefix="gpu-generate-"))
     try:

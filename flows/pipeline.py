@@ -83,8 +83,9 @@ def _pause_for_review(params_path: str) -> None:
     from prefect.flow_runs import pause_flow_run
     from prefect.runtime import flow_run
 
-    from tasks.review_app import BackgroundServer
-    from tasks.review_input import ReviewInput, pause_description, resume_callback, review_status
+    from tasks.review.app import BackgroundServer
+    from tasks.review.prefect_input import ReviewInput, pause_description, resume_callback
+    from tasks.review.status import review_status
 
     logger = get_run_logger()
     params = load_params(params_path)

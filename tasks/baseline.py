@@ -9,10 +9,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.classifier import HISTORY_FILE, META_FILE, MODEL_FILE, read_imagefolder, register_model, save_result, \
-    train_arm
+from tasks.classify.arms import train_arm
+from tasks.classify.models import HISTORY_FILE, META_FILE, MODEL_FILE
+from tasks.classify.registry import register_model, save_result
 from tasks.params import Params
 from tasks.stage import cli_main
+from tasks.tables import read_imagefolder
 
 log = logging.getLogger(__name__)
 

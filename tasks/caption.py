@@ -20,12 +20,12 @@ from typing import Any
 
 import pandas as pd
 
-from tasks.io import (TEMP_PREFIX, atomic_write_bytes, atomic_write_csv, atomic_write_json, clean_stale_temp,
+from tasks.io import (TEMP_PREFIX, atomic_write_bytes, atomic_write_json, clean_stale_temp,
                       restore_numeric)
+from tasks.diffusion.prompts import PROMPT_SEPARATOR
 from tasks.params import Params
-from tasks.sd import PROMPT_SEPARATOR
 from tasks.stage import StageError, cli_main
-from tasks.validation import validate
+from tasks.tables import read_ingest_manifest, write_imagefolder_metadata
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def build_prompts(classes: tuple[str, ...], token: str, thing: str, class_negati
     """DreamBooth prompts: one instance prompt per class (``photo of <token> <class> <thing>``) and the class prompt.
 
     With ``class_negatives``, ``negative_prompts`` maps each class to the other classes' instance prompts, joined by
-    ``tasks.sd.PROMPT_SEPARATOR`` (their text embeddings are averaged; with two classes it is simply the other one).
+    ``tasks.diffusion.prompts.PROMPT_SEPARATOR`` (their text embeddings are averaged; with two classes it is simply the other one).
     ``captions`` (class → its train images' captions) become ``caption_prompts``: distinct, sorted, for
     ``generate.prompt_source: captions``.
     """
@@ -136,25 +136,12 @@ def link_or_copy(src: Path, dst: Path) -> bool:
     return True
 
 
-def _read_manifest(trainval: Path, classes: tuple[str, ...]) -> pd.DataFrame:
-    path = trainval / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"caption input {path} does not exist; run the ingest stage first")
-    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in ("width", "height"):  # the suite checks these are ≥ 1: they must be numbers
-        if col in manifest:
-            manifest[col] = pd.to_numeric(manifest[col], errors="coerce")
-    validate(manifest, "ingest_manifest", classes=classes)
-    return manifest
-
-
 def _write_split(manifest: pd.DataFrame, trainval: Path, folder: Path, params: Params) -> tuple[pd.DataFrame, int]:
     table = caption_table(manifest, params.caption.template, params.caption.thing)
     table = restore_numeric(table, [c for c in table.columns if c not in CORE_COLUMNS])
     n_linked = sum(link_or_copy(trainval / src, folder / name)
                    for src, name in zip(manifest["file_name"], table["file_name"]))
-    validate(table, "caption_metadata", classes=params.classes)
-    atomic_write_csv(folder / "metadata.csv", table)
+    write_imagefolder_metadata(folder, table, params.classes)
     keep = set(table["file_name"])
     for p in folder.rglob("*.png"):  # images of a previous run that are no longer listed
         if p.relative_to(folder).as_posix() not in keep:
@@ -166,7 +153,7 @@ def run(params: Params, *, trainval: Path, out_dir: Path) -> CaptionOutputs:
     """Caption the train and val splits of ``trainval`` into imagefolders under ``out_dir``, plus prompts.json."""
     trainval, out_dir = Path(trainval), Path(out_dir)
     clean_stale_temp(out_dir)
-    manifest = _read_manifest(trainval, params.classes)
+    manifest = read_ingest_manifest(trainval, params.classes)
     leaked = sorted(set(manifest["split"]) - set(SPLITS))
     if leaked:
         raise CaptionError(f"{trainval / 'manifest.csv'} holds split(s) {leaked}; caption reads train/val only")

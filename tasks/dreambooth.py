@@ -19,39 +19,33 @@ failure modes designed out:
 Multi-GPU: ``accelerate launch --multi_gpu --num_processes 2 -m tasks.dreambooth`` (without CUDA the same command
 runs 2 CPU processes over gloo; tested). Each process takes its slice of every step's batch (the effective batch is
 batch_size × processes × gradient_accumulation_steps); the main process alone writes files and logs.
+
+The pieces live in the diffusion wing: ``dreambooth_data`` (inputs, latents, batches), ``dreambooth_models``
+(freezing, LoRA, optimizer), ``checkpoints``, ``previews`` (validation grids) and ``trainer`` (the loop).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401  (torchvision guard before diffusers)
-from tasks.io import atomic_write_csv, atomic_write_json, atomic_write_text, save_png_atomic, sha256_file, tree_hash
-from tasks.params import Dreambooth, Params
-from tasks.pretrain import NonFiniteLoss, check_finite, denoising_loss, load_images, make_accelerator
-from tasks.sd import PARTIAL_PREFIX, load_pipeline, model_hash, save_pipeline
-from tasks.stage import StageError, cli_main
+from tasks.diffusion.checkpoints import fingerprint, register_trainable_io, resume_state
+from tasks.diffusion.dreambooth_data import DreamboothError, class_images, data_hash, make_dataloader, read_caption, \
+    resolve_base
+from tasks.diffusion.dreambooth_models import build_models, make_optimizer, merge_lora, save_lora
+from tasks.diffusion.pipeline import load_pipeline, model_hash, save_pipeline
+from tasks.diffusion.trainer import Trainer, train_loop
+from tasks.diffusion.training import NonFiniteLoss, make_accelerator
+from tasks.io import atomic_write_csv, atomic_write_json
+from tasks.params import Params
+from tasks.sections import Dreambooth
+from tasks.stage import cli_main
 
 log = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-#: Keys whose change does not invalidate a checkpoint (how long / how often, not what is trained).
-_RESUMABLE_KEYS = {"steps", "resume", "checkpoint_every", "checkpoints_total_limit", "validation_every",
-                   "validation_images", "log_model"}
-
-
-class DreamboothError(StageError):
-    """Training cannot start or continue; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -64,584 +58,7 @@ class DreamboothOutputs:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class TrainData:
-    """Everything a step needs, precomputed once: latent distributions and prompt indices per example."""
-
-    means: Any  # (N, 4, h, w) posterior means of the instance images
-    stds: Any
-    prompt_ids: Any  # (N, 77) token ids of each example's prompt
-    class_means: Any | None = None  # prior-preservation images, same layout
-    class_stds: Any | None = None
-    class_prompt_ids: Any | None = None
-
-
-# --------------------------------------------------------------------------------------------- inputs
-
-
-def read_caption(caption: Path, mode: str) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
-    """File names, labels and prompts of the training images, plus prompts.json, from the caption stage."""
-    import pandas as pd
-
-    meta, prompts_file = caption / "train" / "metadata.csv", caption / "prompts.json"
-    for f in (meta, prompts_file):
-        if not f.is_file():
-            raise DreamboothError(f"caption output {f} is missing; run `dvc repro caption` first")
-    prompts = json.loads(prompts_file.read_text(encoding="utf-8"))
-    df = pd.read_csv(meta, dtype=str, keep_default_na=False)
-    missing = {"file_name", "text", "label"} - set(df.columns)
-    if missing or df.empty:
-        raise DreamboothError(f"{meta} needs rows with file_name,text,label (missing: {sorted(missing)})")
-    unknown = sorted(set(df["label"]) - set(prompts.get("instance_prompts", {})))
-    if unknown:
-        raise DreamboothError(f"{meta} has labels {unknown} without an instance prompt in {prompts_file}")
-    texts = (df["label"].map(prompts["instance_prompts"]) if mode == "class" else df["text"]).tolist()
-    return df["file_name"].tolist(), df["label"].tolist(), texts, prompts
-
-
-def resolve_base(base: Path) -> tuple[str, str, str]:
-    """(reference, variant, hash) of the pretrain stage's output: its tiny pipeline or its base.json record."""
-    if (base / "pipeline" / "model_index.json").is_file():
-        return str(base / "pipeline"), "", model_hash(base / "pipeline")
-    if (base / "base.json").is_file():
-        record = json.loads((base / "base.json").read_text(encoding="utf-8"))
-        return record["base_model"], record.get("variant", ""), record.get("hash", "")
-    raise DreamboothError(f"no base model in {base} (neither pipeline/ nor base.json); run `dvc repro pretrain`")
-
-
-def data_hash(caption: Path) -> str:
-    """Content hash of the training data (train imagefolder + prompts.json), recorded in the model card."""
-    import hashlib
-
-    return hashlib.sha256((tree_hash(caption / "train") + sha256_file(caption / "prompts.json")).encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------- models
-
-
-def build_models(pipe: Any, cfg: Dreambooth, weight_dtype: Any, seed: int) -> list[Any]:
-    """Freeze what is not trained, add LoRA adapters if asked; return the trainable modules (fp32 weights).
-
-    Frozen modules go to ``weight_dtype`` (fp16/bf16 on GPU saves memory); trainable parameters are upcast to
-    fp32 because GradScaler cannot unscale fp16 gradients. LoRA's random init is seeded from ``seed`` (peft draws
-    from the global RNG, which earlier work in the process has moved).
-    """
-    import torch
-
-    pipe.vae.requires_grad_(False)
-    if pipe.vae.dtype != weight_dtype:
-        pipe.vae.to(dtype=weight_dtype)
-    pipe.unet.requires_grad_(cfg.mode == "full")
-    pipe.text_encoder.requires_grad_(cfg.mode == "full" and cfg.train_text_encoder)
-    trainable = [pipe.unet] + ([pipe.text_encoder] if cfg.train_text_encoder else [])
-    if cfg.mode == "lora":
-        _add_lora(pipe, cfg, seed)
-    for module in (pipe.unet, pipe.text_encoder):
-        want = torch.float32 if module in trainable and cfg.mode == "full" else weight_dtype
-        if module.dtype != want:
-            module.to(dtype=want)
-        for p in module.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-    if cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-        if cfg.train_text_encoder:
-            pipe.text_encoder.gradient_checkpointing_enable()
-    return trainable
-
-
-def _add_lora(pipe: Any, cfg: Dreambooth, seed: int) -> None:
-    import torch
-    from peft import LoraConfig
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        pipe.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
-                                         target_modules=list(cfg.lora_target_modules)))
-        if cfg.train_text_encoder:
-            from peft import inject_adapter_in_model
-
-            # peft directly: transformers' own add_adapter demands a newer peft than diffusers does.
-            te_config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
-                                   target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-            inject_adapter_in_model(te_config, pipe.text_encoder)
-            pipe.text_encoder.peft_config = {"default": te_config}
-
-
-def make_optimizer(params: list[Any], cfg: Dreambooth, device: Any) -> Any:
-    """AdamW; bitsandbytes' 8-bit AdamW when asked and possible (CUDA + bitsandbytes), else a logged fallback."""
-    import torch
-
-    kwargs = {"lr": cfg.learning_rate, "weight_decay": cfg.adam_weight_decay}
-    if cfg.use_8bit_adam:
-        try:
-            import bitsandbytes as bnb  # noqa: PLC0415
-        except ImportError:
-            bnb = None
-        if bnb is not None and device.type == "cuda":
-            return bnb.optim.AdamW8bit(params, **kwargs)
-        log.warning("use_8bit_adam needs bitsandbytes and CUDA; using torch AdamW")
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
-
-
-def tokenize(pipe: Any, prompts: list[str]) -> Any:
-    return pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def encode_latents(pipe: Any, images: Any, device: Any, batch: int = 32) -> tuple[Any, Any]:
-    """Posterior mean/std of each image under the frozen VAE (cached once: the VAE is never trained here)."""
-    import torch
-
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            dist = pipe.vae.encode(images[i:i + batch].to(device, pipe.vae.dtype)).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
-    return torch.cat(means), torch.cat(stds)
-
-
-def class_images(pipe: Any, prompt: str, count: int, seed: int, folder: Path, base_hash: str,
-                 cfg: Dreambooth) -> list[Path]:
-    """Prior-preservation images of ``prompt`` from the base model, generated once and cached in ``folder``.
-
-    The cache is keyed by base hash, prompt, seed, sampler settings and image index; a mismatch regenerates.
-    """
-    import torch
-
-    key = {"base_hash": base_hash, "prompt": prompt, "seed": seed, "steps": cfg.inference_steps,
-           "guidance": cfg.guidance_scale}
-    record = folder / "class_images.json"
-    cached = json.loads(record.read_text()) if record.is_file() else {}
-    paths = [folder / f"{i:05d}.png" for i in range(count)]
-    if cached.get("key") != key:
-        shutil.rmtree(folder, ignore_errors=True)
-    todo = [i for i, p in enumerate(paths) if not p.is_file()]
-    if todo:
-        log.info("generating %d prior-preservation class images with %r", len(todo), prompt)
-    for start in range(0, len(todo), 16):
-        chunk = todo[start:start + 16]
-        gens = [torch.Generator().manual_seed(seed + i) for i in chunk]
-        out = pipe([prompt] * len(chunk), num_inference_steps=cfg.inference_steps,
-                   guidance_scale=cfg.guidance_scale, generator=gens).images
-        for i, img in zip(chunk, out):
-            save_png_atomic(img, paths[i])
-    atomic_write_json(record, {"key": key, "count": count})
-    return paths
-
-
-def batch_indices(n: int, batch: int, seed: int, micro_step: int) -> Any:
-    """Example indices of one micro-step: epochs are seeded permutations, so any step can be recomputed on resume."""
-    import torch
-
-    per_epoch = max(n // batch, 1) if n >= batch else 1
-    epoch, pos = divmod(micro_step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    if n < batch:
-        perm = perm.repeat(math.ceil(batch / n))
-    return perm[pos * batch:(pos + 1) * batch]
-
-
-def make_batch(data: TrainData, cfg: Dreambooth, seed: int, micro_step: int, rank: int, world: int) -> dict:
-    """This process's slice of the micro-step's batch: sampled latents and token ids (instance then class)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(step_seed(seed, micro_step, rank, world, "latents"))
-    idx = batch_indices(len(data.means), cfg.batch_size * world, seed, micro_step)
-    idx = idx[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-    means, stds, ids = data.means[idx], data.stds[idx], data.prompt_ids[idx]
-    if data.class_means is not None:
-        cidx = batch_indices(len(data.class_means), cfg.batch_size * world, seed + 1, micro_step)
-        cidx = cidx[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-        means = torch.cat([means, data.class_means[cidx]])
-        stds = torch.cat([stds, data.class_stds[cidx]])
-        ids = torch.cat([ids, data.class_prompt_ids[cidx]])
-    latents = means + stds * torch.randn(means.shape, generator=gen)
-    return {"latents": latents, "input_ids": ids}
-
-
-def step_seed(seed: int, micro_step: int, rank: int, world: int, what: str) -> int:
-    """A derived seed per (micro-step, process, purpose): no global RNG, so resume needs only the step number."""
-    salt = {"latents": 1, "noise": 2}[what]
-    return (seed * 1_000_003 + micro_step * world + rank) * 4 + salt
-
-
-def make_dataloader(pipe: Any, caption: Path, cfg: Dreambooth, class_paths: list[Path], prompts: dict,
-                    device: Any) -> TrainData:
-    """Load and encode the instance (and class) images once; the batches are then derived per step."""
-    names, _labels, texts, _ = read_caption(caption, cfg.caption_mode)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    means, stds = encode_latents(pipe, load_images(caption / "train", names, size), device)
-    data = TrainData(means, stds, tokenize(pipe, texts))
-    if class_paths:
-        folder = class_paths[0].parent
-        cmeans, cstds = encode_latents(pipe, load_images(folder, [p.name for p in class_paths], size), device)
-        data.class_means, data.class_stds = cmeans, cstds
-        data.class_prompt_ids = tokenize(pipe, [prompts["class_prompt"]] * len(class_paths))
-    return data
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (with the marker), oldest first; incomplete ones are logged and skipped."""
-    found = []
-    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-        m = _CKPT.match(d.name)
-        if d.name.startswith(PARTIAL_PREFIX):
-            log.warning("skipping %s: a checkpoint write that never finished", d)
-        elif m and not (d / COMPLETE).is_file():
-            log.warning("skipping %s: no %s marker (interrupted write)", d, COMPLETE)
-        elif m:
-            found.append((int(m.group(1)), d))
-    return sorted(found)
-
-
-def save_checkpoint(accelerator: Any, folder: Path, step: int, state: dict, keep: int) -> Path:
-    """Save the full training state atomically: temp dir → marker → rename; then rotate to ``keep``."""
-    final = folder / f"checkpoint-{step}"
-    tmp = folder / f"{PARTIAL_PREFIX}checkpoint-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "trainer_state.json", state)
-        atomic_write_text(tmp / COMPLETE, f"step {step}\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for _, old in list_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old)
-            log.info("rotated out %s", old.name)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def resume_state(accelerator: Any, folder: Path, fingerprint: dict) -> dict:
-    """Restore the newest complete checkpoint into ``accelerator``; return its trainer state. None → error."""
-    checkpoints = list_checkpoints(folder)
-    if not checkpoints:
-        raise DreamboothError(
-            f"dreambooth.resume is 'latest' but {folder} holds no complete checkpoint. Set dreambooth.resume: none "
-            f"to train from the base model (a silent fresh start would hide a lost run).")
-    step, path = checkpoints[-1]
-    state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    if state.get("fingerprint") != fingerprint:
-        changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
-        raise DreamboothError(f"cannot resume from {path}: training settings changed since it was written "
-                              f"({', '.join(changed)}); restore them or set dreambooth.resume: none")
-    accelerator.load_state(str(path))
-    log.info("resumed from %s (step %d)", path, step)
-    return state
-
-
-def register_trainable_io(accelerator: Any) -> None:
-    """Checkpoint only trainable tensors (LoRA: adapters only), restored by name — the LoRA-resume bug designed out."""
-    from safetensors.torch import load_file, save_file
-
-    def save_hook(models: list, weights: list, output_dir: str) -> None:
-        for i, model in enumerate(models if accelerator.is_main_process else []):
-            inner = accelerator.unwrap_model(model)
-            tensors = {n: p.detach().float().cpu().contiguous() for n, p in inner.named_parameters()
-                       if p.requires_grad}
-            save_file(tensors, str(Path(output_dir) / f"trainable_{i}.safetensors"))
-        weights.clear()  # accelerate writes nothing else for the models
-
-    def load_hook(models: list, input_dir: str) -> None:
-        for i in range(len(models)):
-            inner = accelerator.unwrap_model(models[i])
-            tensors = load_file(str(Path(input_dir) / f"trainable_{i}.safetensors"))
-            expected = {n for n, p in inner.named_parameters() if p.requires_grad}
-            if set(tensors) != expected:
-                raise DreamboothError(f"checkpoint {input_dir} does not match the model being trained "
-                                      f"({len(set(tensors) ^ expected)} parameter names differ)")
-            with_dtype = {n: t.to(dict(inner.named_parameters())[n].dtype) for n, t in tensors.items()}
-            inner.load_state_dict(with_dtype, strict=False)
-        models.clear()
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-
-# --------------------------------------------------------------------------------------------- validation
-
-
-def image_flags(images: Any) -> list[str]:
-    """Per image (N, H, W, C floats in [0, 1]): 'nan', 'black', 'constant' or 'ok'."""
-    import numpy as np
-
-    flags = []
-    for img in images:
-        if not np.isfinite(img).all():
-            flags.append("nan")
-        elif img.max() < 0.02:
-            flags.append("black")
-        elif img.std() < 1e-3:
-            flags.append("constant")
-        else:
-            flags.append("ok")
-    return flags
-
-
-def validation_grid(pipe: Any, prompts: list[tuple[str, str]], n: int, seed: int,
-                    cfg: Dreambooth) -> tuple[Any, dict]:
-    """One row per (prompt, negative prompt), the same ``n`` seeds in every row; the grid and flag/difference metrics.
-
-    Negative prompts follow prompts.json as generation does (``class_negatives``), so the grid previews what the
-    generate stage will make of each class.
-    """
-    import numpy as np
-    import torch
-    from diffusers.utils import make_image_grid
-    from PIL import Image
-
-    from tasks.sd import prompt_embedding
-
-    rows = []
-    for prompt, negative in prompts:
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-        pos, neg = (prompt_embedding(pipe, text).expand(n, -1, -1) for text in (prompt, negative))
-        out = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=cfg.inference_steps,
-                   guidance_scale=cfg.guidance_scale, generator=gens, output_type="np").images
-        rows.append(out)
-    flags = [f for row in rows for f in image_flags(row)]
-    diffs = [float(np.abs(rows[a] - rows[b]).mean()) for a in range(len(rows)) for b in range(a + 1, len(rows))]
-    metrics = {"validation_flagged": float(sum(f != "ok" for f in flags)),
-               "validation_class_difference": float(np.mean(diffs)) if diffs else 0.0}
-    if len(rows) > 1:
-        rows.append(class_spread(rows))
-    pil = [Image.fromarray((np.nan_to_num(img) * 255).round().clip(0, 255).astype("uint8")) for r in rows for img in r]
-    return make_image_grid(pil, rows=len(rows), cols=n), metrics
-
-
-def class_spread(rows: list[Any]) -> Any:
-    """The grid's last row: where the class rows differ, per seed (pixel std across classes, max = white).
-
-    Same seed, different class prompt: whatever lights up is what the model changes for the class; a black row
-    means the classes are not told apart. Scaled by the largest spread in the row so faint effects stay visible.
-    """
-    import numpy as np
-
-    stack = np.nan_to_num(np.stack(rows))  # (classes, n, H, W, C)
-    spread = stack.std(axis=0).mean(axis=-1, keepdims=True)
-    spread = spread / max(float(spread.max()), 1e-8)
-    return np.repeat(spread, stack.shape[-1], axis=-1)
-
-
-def validation_prompts(caption: Path, cfg: Dreambooth) -> list[tuple[str, str]]:
-    """Per class, the (prompt, negative prompt) validation uses, as generate will: the instance prompt and the
-    class's negative from prompts.json; or (per_image) the class's first caption and the other classes' first
-    captions. The negative is "" when class negatives are off."""
-    from tasks.sd import PROMPT_SEPARATOR
-
-    _names, labels, texts, prompts = read_caption(caption, cfg.caption_mode)
-    negatives = prompts.get("negative_prompts") or {}
-    if cfg.caption_mode == "class":
-        return [(prompts["instance_prompts"][c], negatives.get(c, "")) for c in prompts["classes"]]
-    first = dict(reversed(list(zip(labels, texts))))
-    shown = [c for c in prompts["classes"] if c in first]
-    return [(first[c], PROMPT_SEPARATOR.join(first[o] for o in shown if o != c) if negatives else "")
-            for c in shown]
-
-
-def _tracking_run() -> Any:
-    """The active MLflow run as a StageRun (run_stage opens one), else None (tests, direct calls)."""
-    import mlflow
-
-    from tasks.tracking import StageRun
-
-    run = mlflow.active_run()
-    return StageRun(run.info.run_id) if run else None
-
-
-# --------------------------------------------------------------------------------------------- training
-
-
-@dataclass
-class Trainer:
-    """The objects of one training run; ``train_loop`` mutates ``step`` and ``losses``."""
-
-    accelerator: Any
-    pipe: Any  # holds the unwrapped modules; sampling uses it directly
-    trainable: list[Any]  # as prepared by Accelerate (DDP-wrapped under multi-process)
-    unet: Any
-    text_encoder: Any
-    optimizer: Any
-    lr_scheduler: Any
-    noise_scheduler: Any
-    data: TrainData
-    cfg: Dreambooth
-    seed: int
-    out_dir: Path
-    fingerprint: dict
-    step: int = 0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-
-
-def compute_loss(tr: Trainer, batch: dict, micro_step: int) -> Any:
-    """Instance loss + prior_loss_weight × class loss (the prior half of the batch, when present)."""
-    import torch
-
-    acc = tr.accelerator
-    gen = torch.Generator().manual_seed(step_seed(tr.seed, micro_step, acc.process_index, acc.num_processes,
-                                                  "noise"))
-    embeds = tr.text_encoder(batch["input_ids"].to(acc.device))[0]
-    latents = batch["latents"].to(acc.device) * tr.pipe.vae.config.scaling_factor
-    losses = denoising_loss(tr.unet, tr.noise_scheduler, latents, embeds, gen, snr_gamma=tr.cfg.snr_gamma,
-                            offset_noise=tr.cfg.offset_noise, reduce=False)
-    if tr.data.class_means is None:
-        return losses.mean()
-    inst, prior = losses.chunk(2)
-    return inst.mean() + tr.cfg.prior_loss_weight * prior.mean()
-
-
-def train_step(tr: Trainer) -> float:
-    """One optimizer step (gradient_accumulation_steps micro-batches); returns the mean loss."""
-    acc, cfg = tr.accelerator, tr.cfg
-    values = []
-    for k in range(cfg.gradient_accumulation_steps):
-        micro = tr.step * cfg.gradient_accumulation_steps + k
-        batch = make_batch(tr.data, cfg, tr.seed, micro, acc.process_index, acc.num_processes)
-        with acc.accumulate(*tr.trainable), acc.autocast():
-            loss = compute_loss(tr, batch, micro)
-            values.append(check_finite(acc.reduce(loss.detach(), "mean"), tr.step + 1, "dreambooth"))
-            acc.backward(loss)
-            if acc.sync_gradients:
-                acc.clip_grad_norm_([p for m in tr.trainable for p in m.parameters() if p.requires_grad],
-                                    cfg.max_grad_norm)
-            tr.optimizer.step()
-            tr.lr_scheduler.step()
-            tr.optimizer.zero_grad(set_to_none=True)
-    return sum(values) / len(values)
-
-
-def train_loop(tr: Trainer, caption: Path, run: Any) -> dict[str, float]:
-    """Train from ``tr.step`` to ``cfg.steps`` with checkpoints and validation; return headline metrics."""
-    from tqdm import tqdm
-
-    cfg, acc = tr.cfg, tr.accelerator
-    metrics: dict[str, float] = {}
-    start, first = time.perf_counter(), tr.step
-    prompts = validation_prompts(caption, cfg)
-    bar = tqdm(total=cfg.steps, initial=tr.step, desc="dreambooth", disable=not acc.is_main_process or None)
-    while tr.step < cfg.steps:
-        loss = train_step(tr)
-        tr.step += 1
-        tr.losses.append((tr.step, loss))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if run is not None and acc.is_main_process:
-            run.log_metrics({"train_loss": loss, "lr": tr.lr_scheduler.get_last_lr()[0]}, step=tr.step)
-        if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
-            save_checkpoint(acc, tr.out_dir / "checkpoints", tr.step, _trainer_state(tr), cfg.checkpoints_total_limit)
-        if (tr.step % cfg.validation_every == 0 or tr.step == cfg.steps) and acc.is_main_process:
-            metrics.update(validate(tr, prompts, run))
-    bar.close()
-    seconds = time.perf_counter() - start
-    metrics["steps_per_s"] = (tr.step - first) / seconds if seconds > 0 and tr.step > first else 0.0
-    metrics["final_loss"] = sum(v for _, v in tr.losses[-20:]) / max(len(tr.losses[-20:]), 1)
-    metrics["resumed_from_step"] = float(first)
-    return metrics
-
-
-def _trainer_state(tr: Trainer) -> dict:
-    return {"step": tr.step, "losses": tr.losses, "fingerprint": tr.fingerprint}
-
-
-def validate(tr: Trainer, prompts: list[str], run: Any) -> dict[str, float]:
-    """Fixed-seed grid (a row per class) → ``validation/step-<step>.png`` and MLflow; returns its metrics."""
-    import torch
-
-    with torch.no_grad(), _eval_mode(tr.trainable), tr.accelerator.autocast():
-        grid, metrics = validation_grid(tr.pipe, prompts, tr.cfg.validation_images, tr.seed, tr.cfg)
-    name = f"step-{tr.step:06d}.png"
-    save_png_atomic(grid, tr.out_dir / "validation" / name)
-    if metrics["validation_flagged"]:
-        log.warning("validation at step %d: %d black/constant/NaN images", tr.step, metrics["validation_flagged"])
-    if run is not None:
-        run.log_image(grid, f"validation/{name}")
-        run.log_metrics(metrics, step=tr.step)
-    return metrics
-
-
-@contextlib.contextmanager
-def _eval_mode(modules: list[Any]):
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.train()
-
-
-# --------------------------------------------------------------------------------------------- outputs
-
-
-def save_outputs(tr: Trainer, out_dir: Path, card: dict) -> tuple[Path, Path | None]:
-    """Write ``model/`` (a plain loadable pipeline; LoRA fused in) and, in LoRA mode, ``lora/`` adapters."""
-    import torch
-
-    pipe = tr.pipe
-    lora_dir = None
-    if tr.cfg.mode == "lora":
-        lora_dir = save_lora(pipe, out_dir / "lora")
-        merge_lora(pipe.unet)
-        merge_lora(pipe.text_encoder)
-    if any(m.dtype != torch.float32 for m in (pipe.unet, pipe.vae, pipe.text_encoder)):
-        pipe.to(torch.float32)
-    model_dir = save_pipeline(pipe, out_dir / "model")
-    card = dict(card, model_hash=model_hash(model_dir))
-    atomic_write_json(model_dir / "model_card.json", card)
-    return model_dir, lora_dir
-
-
-def merge_lora(module: Any) -> None:
-    """Fuse peft LoRA layers into their base weights and drop the adapters, so ``module`` saves as a plain model."""
-    from diffusers.utils import recurse_remove_peft_layers
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for m in module.modules():
-        if isinstance(m, BaseTunerLayer):
-            m.merge()
-    recurse_remove_peft_layers(module)
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        if hasattr(module, attr):
-            delattr(module, attr) if attr == "peft_config" else setattr(module, attr, False)
-
-
-def save_lora(pipe: Any, folder: Path) -> Path:
-    """LoRA adapters in diffusers' safetensors layout (``load_lora_weights`` reads them back)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
-    te_layers = None
-    if getattr(pipe.text_encoder, "peft_config", None):
-        te_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.text_encoder))
-    tmp = folder.parent / f"{PARTIAL_PREFIX}{folder.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=unet_layers, text_encoder_lora_layers=te_layers,
-                                              safe_serialization=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
-
-
 # --------------------------------------------------------------------------------------------- stage
-
-
-def fingerprint(cfg: Dreambooth, seed: int, base_hash: str, data: str) -> dict:
-    """What a checkpoint must agree on to be resumed: training settings, seed, base model and data."""
-    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE_KEYS}
-    return {**settings, "seed": seed, "base_hash": base_hash, "data_hash": data}
 
 
 def setup(params: Params, base: Path, caption: Path, out_dir: Path) -> tuple[Trainer, dict]:
@@ -732,8 +149,39 @@ def run(params: Params, *, base: Path, caption: Path, out_dir: Path) -> Dreamboo
                              model_dir / "model_card.json", metrics)
 
 
+def _tracking_run() -> Any:
+    """The active MLflow run as a StageRun (run_stage opens one), else None (tests, direct calls)."""
+    import mlflow
+
+    from tasks.tracking import StageRun
+
+    run = mlflow.active_run()
+    return StageRun(run.info.run_id) if run else None
+
+
 def _write_loss_csv(tr: Trainer, out_dir: Path, pd: Any) -> None:
     atomic_write_csv(out_dir / "loss.csv", pd.DataFrame(tr.losses, columns=["step", "loss"]))
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def save_outputs(tr: Trainer, out_dir: Path, card: dict) -> tuple[Path, Path | None]:
+    """Write ``model/`` (a plain loadable pipeline; LoRA fused in) and, in LoRA mode, ``lora/`` adapters."""
+    import torch
+
+    pipe = tr.pipe
+    lora_dir = None
+    if tr.cfg.mode == "lora":
+        lora_dir = save_lora(pipe, out_dir / "lora")
+        merge_lora(pipe.unet)
+        merge_lora(pipe.text_encoder)
+    if any(m.dtype != torch.float32 for m in (pipe.unet, pipe.vae, pipe.text_encoder)):
+        pipe.to(torch.float32)
+    model_dir = save_pipeline(pipe, out_dir / "model")
+    card = dict(card, model_hash=model_hash(model_dir))
+    atomic_write_json(model_dir / "model_card.json", card)
+    return model_dir, lora_dir
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.classifier import load_images, load_model, predict_proba, read_generated
-from tasks.io import atomic_write_csv
+from tasks.classify.data import load_images
+from tasks.classify.models import load_model
+from tasks.classify.train import predict_proba
 from tasks.params import Params
 from tasks.stage import StageError, cli_main
-from tasks.validation import validate
+from tasks.tables import read_generated, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,7 @@ def run(params: Params, *, model: Path, generated: Path, out_dir: Path) -> Predi
         raise StageError(f"no ok generated images in {generated}/manifest.csv: nothing to label")
     images = load_images(gen["path"].tolist(), int(meta["channels"]), int(meta["image_size"]))
     table = prediction_table(gen, predict_proba(net, images, params.predict.batch_size), params.classes)
-    validate(table, "predictions", classes=params.classes)
-    path = out_dir / "predictions.csv"
-    atomic_write_csv(path, table)
+    path = write_predictions(out_dir, table, params.classes)
     metrics = {"n_predicted": len(table), "agreement_rate": float(table["agrees"].mean()),
                "mean_confidence": float(table["confidence"].mean()), "n_disagree": int((~table["agrees"]).sum())}
     log.info("predict: %d images, agreement %.3f", len(table), metrics["agreement_rate"])

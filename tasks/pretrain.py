@@ -1,8 +1,8 @@
 """Stage ``pretrain``: the base generator that dreambooth fine-tunes.
 
 ``pretrain.base_model: tiny`` (the embedded default) builds the tiny Stable Diffusion pipeline from config
-(``tasks/sd.py``) and pretrains it on the unlabeled phantom pool with one generic caption — standing in for SD's
-web-scale pretraining, because a model built from config knows nothing. Two phases:
+(``tasks/diffusion/tiny.py``) and pretrains it on the unlabeled phantom pool with one generic caption — standing in
+for SD's web-scale pretraining, because a model built from config knows nothing. Two phases:
 
 1. the VAE is trained as a KL autoencoder on the pool (a random VAE decodes noise), then its latent scale is set
    so latents have unit variance, as SD's ``scaling_factor`` does;
@@ -12,21 +12,23 @@ web-scale pretraining, because a model built from config knows nothing. Two phas
 Any other ``base_model`` (a hub id such as ``runwayml/stable-diffusion-v1-5`` or a local diffusers folder) is not
 trained: ``base.json`` records the reference, variant and (for a folder) its hash, after checking that it loads.
 
-The denoising loss (with min-SNR weighting and offset noise) and the image loader live here; dreambooth reuses them.
+The denoising loss (with min-SNR weighting and offset noise) and the image loader it shares with dreambooth live in
+``tasks/diffusion/training.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401  (torchvision guard before diffusers)
+from tasks.diffusion.training import check_finite, denoising_loss, load_images, make_accelerator
 from tasks.io import atomic_write_json, clean_stale_temp, save_png_atomic
-from tasks.params import Params, Pretrain
+from tasks.params import Params
+from tasks.sections import Pretrain
 from tasks.stage import StageError, cli_main
 
 log = logging.getLogger(__name__)
@@ -48,34 +50,6 @@ class PretrainOutputs:
 
 
 # --------------------------------------------------------------------------------------------- data
-
-
-def load_images(folder: Path, file_names: list[str], size: int) -> Any:
-    """Images under ``folder`` as a float tensor (N, 3, size, size) in [-1, 1]; grayscale is replicated to RGB.
-
-    A ``file_name`` that leaves ``folder`` or does not exist raises ``PretrainError`` naming it.
-    """
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    root = folder.resolve()
-    arrays = []
-    for name in file_names:
-        path = (folder / name).resolve()
-        if not path.is_relative_to(root):
-            raise PretrainError(f"{folder}/metadata.csv: file_name {name!r} points outside {folder}")
-        if not path.is_file():
-            raise PretrainError(f"{folder}/metadata.csv lists {name!r} but {path} does not exist")
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            arrays.append(np.asarray(im, dtype=np.uint8))
-    if not arrays:
-        raise PretrainError(f"no images listed in {folder}/metadata.csv")
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-    return batch / 127.5 - 1.0
 
 
 def read_pool(pool: Path) -> list[str]:
@@ -102,79 +76,7 @@ def pool_image_size(pool: Path, first: str) -> int:
     return w
 
 
-# --------------------------------------------------------------------------------------------- losses
-
-
-def denoising_loss(unet: Any, noise_scheduler: Any, latents: Any, embeds: Any, generator: Any, *,
-                   snr_gamma: float = 0.0, offset_noise: float = 0.0, reduce: bool = True) -> Any:
-    """DDPM training loss of ``unet`` on ``latents`` (already scaled), per sample unless ``reduce``.
-
-    ``snr_gamma`` > 0 applies min-SNR-γ weighting (Hang et al. 2023); ``offset_noise`` adds per-channel constant
-    noise so the model can learn overall brightness (pure black/white backgrounds). Randomness comes only from
-    ``generator`` so a resumed run draws the same noise.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device)
-    if offset_noise > 0:
-        noise = noise + offset_noise * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(noise)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
-    noisy = noise_scheduler.add_noise(latents.float(), noise, t)
-    target = noise if noise_scheduler.config.prediction_type == "epsilon" else \
-        noise_scheduler.get_velocity(latents.float(), noise, t)
-    pred = unet(noisy.to(latents.dtype), t, encoder_hidden_states=embeds).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if snr_gamma > 0:
-        loss = loss * min_snr_weights(noise_scheduler, t, snr_gamma)
-    return loss.mean() if reduce else loss
-
-
-def min_snr_weights(noise_scheduler: Any, timesteps: Any, gamma: float) -> Any:
-    """min(SNR, γ) / SNR per timestep (epsilon prediction; v-prediction divides by SNR + 1)."""
-    import torch
-
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=gamma) / snr
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        weights = torch.clamp(snr, max=gamma) / (snr + 1)
-    return weights.float()
-
-
-def check_finite(loss: Any, step: int, what: str) -> float:
-    """The loss as a float; a NaN/inf raises ``NonFiniteLoss`` (training stops, nothing from here is saved)."""
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise NonFiniteLoss(f"{what}: loss is {value} at step {step}; training stopped and nothing from this "
-                            f"step was saved. Lower the learning rate, use precision 'no'/bf16 instead of fp16, "
-                            f"or check the input images.")
-    return value
-
-
-class NonFiniteLoss(StageError):
-    """A NaN/inf training loss."""
-
-
 # --------------------------------------------------------------------------------------------- training
-
-
-def make_accelerator(precision: str, gradient_accumulation_steps: int = 1) -> Any:
-    """An ``Accelerator`` for this run's precision, CPU when there is no CUDA.
-
-    Accelerate keeps its state in process-wide singletons that refuse a second, different mixed precision;
-    stages run one after another in one process (tests, the flow), so the precision/accumulation state is reset
-    here. The process group (``PartialState``) is kept: under ``accelerate launch`` it is shared.
-    """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=gradient_accumulation_steps,
-                       cpu=not torch.cuda.is_available())
 
 
 def _lr_schedule(optimizer: Any, warmup: int, total: int) -> Any:
@@ -235,7 +137,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int) -> di
     from diffusers import DDPMScheduler
     from tqdm import tqdm
 
-    from tasks.sd import encode_prompts
+    from tasks.diffusion.prompts import encode_prompts
 
     accelerator = make_accelerator(cfg.precision)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -285,7 +187,8 @@ def pretrain_tiny(params: Params, pool: Path, out_dir: Path) -> PretrainOutputs:
     """Build, pretrain and save the tiny pipeline under ``out_dir/pipeline``."""
     import torch
 
-    from tasks.sd import build_tiny_pipeline, model_hash, save_pipeline
+    from tasks.diffusion.pipeline import model_hash, save_pipeline
+    from tasks.diffusion.tiny import build_tiny_pipeline
 
     cfg = params.pretrain
     torch.manual_seed(params.seed)
@@ -315,7 +218,7 @@ def reference_base(cfg: Pretrain, out_dir: Path) -> PretrainOutputs:
     """Record a hub id / local folder as the base after checking that it loads (no training)."""
     import shutil
 
-    from tasks.sd import load_pipeline, model_hash
+    from tasks.diffusion.pipeline import load_pipeline, model_hash
 
     pipe = load_pipeline(cfg.base_model, variant=cfg.variant or None)
     local = Path(cfg.base_model).expanduser()

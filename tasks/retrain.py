@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.classifier import HISTORY_FILE, META_FILE, MODEL_FILE, read_corrections, read_generated, \
-    read_imagefolder, register_model, reviewed_synthetic, save_result, select_synthetic, train_arm
+from tasks.classify.arms import reviewed_synthetic, synthetic_arm, train_arm
+from tasks.classify.models import HISTORY_FILE, META_FILE, MODEL_FILE
+from tasks.classify.registry import register_model, save_result
 from tasks.params import Params
 from tasks.stage import cli_main
+from tasks.tables import read_corrections, read_generated, read_imagefolder
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,7 @@ def synthetic_for_training(params: Params, generated: Path, review: Path, n_real
     """The reviewed synthetic rows this arm trains on, and how many reviewed rows were available."""
     reviewed = reviewed_synthetic(read_generated(generated, params.classes),
                                   read_corrections(review, params.classes))
-    r = params.retrain
-    return select_synthetic(reviewed, n_real, r.synthetic_ratio, r.synthetic_cap, seed), len(reviewed)
+    return synthetic_arm(params, reviewed, n_real, seed), len(reviewed)
 
 
 def run(params: Params, *, caption: Path, generated: Path, review: Path, out_dir: Path) -> RetrainOutputs:

@@ -54,6 +54,12 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
     return table[stage]
 
 
+def stage_module(stage: str) -> str:
+    """The module whose ``run()`` is ``stage``: ``tasks/<stage>.py``, or ``tasks/<stage>/stage.py`` for a stage that
+    is a wing of its own (review: its store, app and Label Studio bridge live beside it)."""
+    return f"tasks.{stage}.stage" if Path(__file__).with_name(stage).is_dir() else f"tasks.{stage}"
+
+
 def stage_output(params: Params, stage: str) -> Path:
     return getattr(params.paths, stage)
 
@@ -77,7 +83,7 @@ def run_stage(stage: str, params: Params) -> Any:
 
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
-    module = importlib.import_module(f"tasks.{stage}")
+    module = importlib.import_module(stage_module(stage))
     inputs = stage_inputs(params, stage)
     if os.environ.get("RANK", "0") != "0":
         # Under `accelerate launch` (its torchrun sets RANK) every process runs this entry point; only rank 0, the

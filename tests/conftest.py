@@ -118,3 +118,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture
+def manual(tmp_path: Path) -> Params:
+    """A project with the review stage's inputs written and ``review.mode: manual`` (a person decides)."""
+    from review_fixtures import write_review_inputs
+
+    p = make_params(tmp_path, {"review": {"mode": "manual"}})
+    write_review_inputs(p)
+    return p

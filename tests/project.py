@@ -55,7 +55,7 @@ def copy_project(src: Path, dest: Path, overrides: dict | None = None, *, drop: 
 def run_loop(dest: Path, *args: str, env: dict[str, str] | None = None,
              timeout: int = 900) -> subprocess.CompletedProcess:
     """``synthloop run`` in ``dest`` (a subprocess, as a user runs it); fails the test with the output tail."""
-    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "run", *args], cwd=dest, env=env or env_for(dest),
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], cwd=dest, env=env or env_for(dest),
                           text=True, capture_output=True, timeout=timeout)
     assert proc.returncode == 0, f"synthloop run {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc

@@ -11,6 +11,10 @@ from PIL import Image
 
 from tasks.io import sha256_file
 from tasks.params import Params
+from tasks.review.audit import read_audit
+from tasks.review.store import open_store
+from tasks.review.store import ReviewStore
+from tasks.tables import AUDIT_FILE, read_corrections
 
 #: (intended, predicted, confidence) per item; file names are images/<intended>/<index>.png.
 ITEMS = [
@@ -39,13 +43,16 @@ def predictions_frame(items=ITEMS, classes=("small", "big")) -> pd.DataFrame:
 
 
 def write_generated(generated: Path, predictions: pd.DataFrame) -> pd.DataFrame:
-    """One distinct PNG per prediction plus generate's manifest (``file_name,intended_label,status,sha256``)."""
+    """One distinct PNG per prediction plus generate's manifest (every contract column; sha256 per image)."""
     for i, name in enumerate(predictions["file_name"]):
         path = generated / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.new("L", (32, 32), color=40 + 40 * i).save(path)
     manifest = pd.DataFrame({"file_name": predictions["file_name"], "intended_label": predictions["intended_label"],
-                             "status": "ok", "sha256": [sha256_file(generated / f) for f in predictions["file_name"]]})
+                             "prompt": "photo of zwx " + predictions["intended_label"], "negative_prompt": "",
+                             "seed": range(len(predictions)), "scheduler": "ddim", "steps": 2, "guidance": 8.0,
+                             "model_hash": "0" * 64, "status": "ok",
+                             "sha256": [sha256_file(generated / f) for f in predictions["file_name"]]})
     manifest.to_csv(generated / "manifest.csv", index=False)
     return manifest
 
@@ -71,3 +78,22 @@ def write_review_inputs(params: Params, items=ITEMS) -> pd.DataFrame:
 
 def stage_kwargs(params: Params) -> dict[str, Path]:
     return {"predictions": params.paths.predict, "generated": params.paths.generate, "out_dir": params.paths.review}
+
+
+def open_review_store(params: Params) -> ReviewStore:
+    return open_store(params, **stage_kwargs(params))
+
+
+def audit_of(params: Params) -> list[dict]:
+    return read_audit(params.paths.review / AUDIT_FILE)
+
+
+def decisions(path: Path, classes=("small", "big")) -> pd.DataFrame:
+    """corrections.csv through the one reader of the hand-off contract (empty before any decision)."""
+    return read_corrections(path, classes, missing_ok=True)
+
+
+def decide_all(store: ReviewStore, labels=("small", "big", "reject")) -> None:
+    """A person decides every waiting item, cycling through ``labels``."""
+    for i, f in enumerate(store.waiting()):
+        store.decide(f, labels[i % len(labels)], version=0, reviewer="ann")

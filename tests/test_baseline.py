@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_classifier import make_caption  # noqa: E402
 
 from tasks import baseline  # noqa: E402
-from tasks.classifier import load_model  # noqa: E402
+from tasks.classify.models import load_model  # noqa: E402
 from tasks.stage import StageError  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from tasks.params import STAGES, load_params
-from tasks.stage import stage_inputs
+from tasks.stage import stage_inputs, stage_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,8 @@ def test_every_stage_has_module_params_section_and_command():
     params = load_params(REPO / "params.yaml")
     for name, stage in _dvc_stages().items():
         assert stage["cmd"] == f"python -m tasks.{name}"
-        assert (REPO / "tasks" / f"{name}.py").exists(), f"tasks/{name}.py missing"
+        module = stage_module(name)
+        assert (REPO / (module.replace(".", "/") + ".py")).exists(), f"{module} missing"
         assert hasattr(params, name)
 
 
@@ -58,3 +59,32 @@ def test_test_split_is_read_by_evaluate_only():
     assert readers == ["evaluate"]
     assert [n for n in STAGES if any(str(p).startswith(test_dir) for p in stage_inputs(params, n).values())] \
         == ["evaluate"]
+
+
+def test_dvc_code_deps_are_exactly_the_import_graph():
+    """Each stage's code deps in dvc.yaml are the project modules its command imports (regenerate: make deps)."""
+    from tasks.codedeps import differences
+
+    assert differences(REPO / "dvc.yaml") == {}, "dvc.yaml code deps disagree with the imports: run `make deps`"
+
+
+def test_code_deps_follow_an_edit_of_the_import_graph(tmp_path):
+    """A new import shows up as a missing dep; `--write` puts it in, keeps the data deps, and is then stable."""
+    from tasks import codedeps
+
+    pkg = tmp_path / "tasks"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "io.py").write_text("")
+    (pkg / "helper.py").write_text("")
+    (pkg / "phantom.py").write_text("from tasks import io\n")
+    dvc = tmp_path / "dvc.yaml"
+    dvc.write_text("stages:\n  phantom:\n    cmd: python -m tasks.phantom\n"
+                   "    deps: [tasks/phantom.py, \"${paths.raw}\"]\n    outs: [x]\n")
+    assert codedeps.differences(dvc, tmp_path) == {"phantom": (["tasks/__init__.py", "tasks/io.py"], [])}
+    (pkg / "io.py").write_text("def f():\n    from tasks.helper import x\n")
+    assert codedeps.rewrite(dvc, tmp_path) == ["phantom"]
+    assert codedeps.differences(dvc, tmp_path) == {}
+    deps = codedeps.declared(dvc)["phantom"]
+    assert "tasks/helper.py" in deps and deps[-1] == "${paths.raw}"
+    assert codedeps.rewrite(dvc, tmp_path) == []

@@ -10,24 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from conftest import free_port, make_params
+from dreambooth_fixtures import CLASSES, SIZE, disc_image, write_caption
 from tasks import dreambooth, pretrain
-from tasks.dreambooth import DreamboothError, batch_indices, image_flags, list_checkpoints
-from tasks.pretrain import NonFiniteLoss
-
-SIZE = 32
-CLASSES = ("small", "big")
-
-
-def disc_image(label: str, k: int) -> Image.Image:
-    """A class-dependent toy X-ray: a bright disc whose radius depends on the class."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    r = (5 if label == "small" else 11) + (k % 3)
-    cx, cy = SIZE / 2 + (k % 5) - 2, SIZE / 2 + (k % 4) - 2
-    img = np.where((xx - cx) ** 2 + (yy - cy) ** 2 < r * r, 220, 30).astype(np.uint8)
-    return Image.fromarray(img, mode="L")
+from tasks.diffusion import checkpoints, trainer
+from tasks.diffusion.checkpoints import list_checkpoints
+from tasks.diffusion.dreambooth_data import DreamboothError, data_hash
+from tasks.diffusion.training import NonFiniteLoss
 
 
 def write_pool(folder: Path, n: int) -> Path:
@@ -36,23 +26,6 @@ def write_pool(folder: Path, n: int) -> Path:
     for i, name in enumerate(names):
         disc_image(CLASSES[i % 2], i).save(folder / name)
     pd.DataFrame({"file_name": names, "caption": "x"}).to_csv(folder / "metadata.csv", index=False)
-    return folder
-
-
-def write_caption(folder: Path, per_class: int = 4) -> Path:
-    train = folder / "train"
-    train.mkdir(parents=True)
-    rows = []
-    for label in CLASSES:
-        for k in range(per_class):
-            name = f"{label}/{label}-{k}.png"
-            (train / label).mkdir(exist_ok=True)
-            disc_image(label, k).save(train / name)
-            rows.append({"file_name": name, "text": f"X-ray of a dog hip, {label} hip angle {k}", "label": label})
-    pd.DataFrame(rows).to_csv(train / "metadata.csv", index=False)
-    prompts = {"classes": list(CLASSES), "instance_prompts": {c: f"photo of zwx {c} hip xray" for c in CLASSES},
-               "class_prompt": "photo of a hip xray"}
-    (folder / "prompts.json").write_text(json.dumps(prompts))
     return folder
 
 
@@ -95,7 +68,7 @@ class Interrupt(Exception):
 
 
 def interrupt_after(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
-    original = dreambooth.save_checkpoint
+    original = trainer.save_checkpoint
 
     def save_then_die(accelerator, folder, step, state, keep):
         path = original(accelerator, folder, step, state, keep)
@@ -103,83 +76,10 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
             raise Interrupt(step)
         return path
 
-    monkeypatch.setattr(dreambooth, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
 
 
-# --------------------------------------------------------------------------------------------- pure helpers
-
-
-def test_batch_indices_cover_each_epoch_and_are_reproducible() -> None:
-    steps = [batch_indices(6, 2, seed=1, micro_step=s) for s in range(3)]
-    assert sorted(torch.cat(steps).tolist()) == list(range(6))  # one epoch = every example once
-    assert torch.equal(batch_indices(6, 2, 1, 4), batch_indices(6, 2, 1, 4))
-    assert not torch.equal(torch.cat(steps), torch.cat([batch_indices(6, 2, 1, s) for s in range(3, 6)]))
-    assert len(batch_indices(3, 5, 0, 0)) == 5  # fewer examples than a batch: repeated, not short
-
-
-def test_image_flags_name_black_constant_nan() -> None:
-    ok = np.random.default_rng(0).random((4, 4, 3))
-    imgs = np.stack([ok, np.zeros((4, 4, 3)), np.full((4, 4, 3), 0.5), np.where(ok > 0.5, np.nan, ok)])
-    assert image_flags(imgs) == ["ok", "black", "constant", "nan"]
-
-
-def test_list_checkpoints_skips_incomplete(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    for step, complete in ((2, True), (10, True), (12, False)):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / dreambooth.COMPLETE).write_text("")
-    (tmp_path / ".partial-checkpoint-14").mkdir()
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 10]  # numeric order, not lexical
-    assert "checkpoint-12" in caplog.text and ".partial-checkpoint-14" in caplog.text
-
-
-def test_read_caption_errors_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(DreamboothError, match="metadata.csv is missing"):
-        dreambooth.read_caption(tmp_path, "class")
-    folder = write_caption(tmp_path / "c", per_class=1)
-    prompts = json.loads((folder / "prompts.json").read_text())
-    del prompts["instance_prompts"]["big"]
-    (folder / "prompts.json").write_text(json.dumps(prompts))
-    with pytest.raises(DreamboothError, match=r"labels \['big'\] without an instance prompt"):
-        dreambooth.read_caption(folder, "class")
-
-
-def test_validation_uses_the_class_negatives_of_prompts_json(tmp_path: Path) -> None:
-    from tasks.sd import build_tiny_pipeline
-
-    folder = write_caption(tmp_path / "c", per_class=1)
-    cfg = make_params(tmp_path).dreambooth
-    assert dreambooth.validation_prompts(folder, cfg) == [("photo of zwx small hip xray", ""),
-                                                          ("photo of zwx big hip xray", "")]
-    prompts = json.loads((folder / "prompts.json").read_text())
-    prompts["negative_prompts"] = {"small": "photo of zwx big hip xray", "big": "photo of zwx small hip xray"}
-    (folder / "prompts.json").write_text(json.dumps(prompts))
-    pairs = dreambooth.validation_prompts(folder, cfg)
-    assert pairs == [("photo of zwx small hip xray", "photo of zwx big hip xray"),
-                     ("photo of zwx big hip xray", "photo of zwx small hip xray")]
-    per_image = make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"},
-                                       "generate": {"prompt_source": "captions"}}).dreambooth
-    assert dreambooth.validation_prompts(folder, per_image)[1] == ("X-ray of a dog hip, big hip angle 0",
-                                                                   "X-ray of a dog hip, small hip angle 0")
-    pipe = build_tiny_pipeline(SIZE, 0)
-    pipe.set_progress_bar_config(disable=True)
-    quick = make_params(tmp_path, {"dreambooth": {"inference_steps": 2}}).dreambooth
-    with_neg, _ = dreambooth.validation_grid(pipe, pairs[:1], 2, 0, quick)
-    without, _ = dreambooth.validation_grid(pipe, [(pairs[0][0], "")], 2, 0, quick)
-    assert with_neg.size == without.size and np.asarray(with_neg).tolist() != np.asarray(without).tolist()
-    grid, metrics = dreambooth.validation_grid(pipe, pairs, 2, 0, quick)
-    assert grid.size == (2 * SIZE, 3 * SIZE), "a row per class, then the class-spread row"
-    assert metrics["validation_class_difference"] > 0
-
-
-def test_class_spread_lights_up_where_the_classes_differ() -> None:
-    a = np.zeros((1, 4, 4, 3))
-    b = a.copy()
-    b[0, 1, 2] = 0.5
-    spread = dreambooth.class_spread([a, b])
-    assert spread.shape == (1, 4, 4, 3) and spread.max() == 1.0
-    assert spread[0, 1, 2].tolist() == [1.0, 1.0, 1.0] and spread.sum() == 3.0
-    assert not dreambooth.class_spread([a, a.copy()]).any(), "identical class rows: a black spread row"
+# --------------------------------------------------------------------------------------------- refusals
 
 
 def test_fp16_on_cpu_is_refused(tmp_path: Path, world: dict) -> None:
@@ -195,7 +95,7 @@ def test_fp16_on_cpu_is_refused(tmp_path: Path, world: dict) -> None:
 def test_full_finetune_output_loads_and_generates(tmp_path: Path, world: dict) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from tasks.sd import model_hash
+    from tasks.diffusion.pipeline import model_hash
 
     out = run_db(db_params(tmp_path, mode="full"), world)
     pipe = StableDiffusionPipeline.from_pretrained(out.model)
@@ -208,7 +108,7 @@ def test_full_finetune_output_loads_and_generates(tmp_path: Path, world: dict) -
     card = json.loads(out.model_card.read_text())
     assert card["base_hash"] == model_hash(world["base"] / "pipeline")
     assert card["model_hash"] == model_hash(out.model) and card["steps_trained"] == 4
-    assert card["data_hash"] == dreambooth.data_hash(world["caption"])
+    assert card["data_hash"] == data_hash(world["caption"])
     assert pd.read_csv(out.loss_csv)["step"].tolist() == [1, 2, 3, 4]
     assert (out.validation / "step-000004.png").is_file()
     assert out.metrics["validation_flagged"] == 0
@@ -280,7 +180,7 @@ def test_kill_during_checkpoint_write_resumes_from_previous(tmp_path: Path, worl
             run_db(params, world)
     ckpts = params.paths.dreambooth / "checkpoints"
     # A kill mid-write of checkpoint-4: the renamed folder lost its marker, and a temp folder is left over.
-    (ckpts / "checkpoint-4" / dreambooth.COMPLETE).unlink()
+    (ckpts / "checkpoint-4" / checkpoints.COMPLETE).unlink()
     shutil.copytree(ckpts / "checkpoint-4", ckpts / ".partial-checkpoint-6")
     out = run_db(db_params(tmp_path, steps=6, resume="latest"), world)
     assert out.metrics["resumed_from_step"] == 2
@@ -302,14 +202,14 @@ def test_resume_with_changed_settings_fails(tmp_path: Path, world: dict) -> None
 
 def test_nan_loss_stops_with_no_checkpoint_after(tmp_path: Path, world: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    original = dreambooth.denoising_loss
+    original = trainer.denoising_loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(dreambooth, "denoising_loss", poisoned)
+    monkeypatch.setattr(trainer, "denoising_loss", poisoned)
     params = db_params(tmp_path, checkpoint_every=1, checkpoints_total_limit=5)
     with pytest.raises(NonFiniteLoss, match="step 3"):
         run_db(params, world)

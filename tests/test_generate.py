@@ -1,4 +1,4 @@
-"""generate stage: plan, filters, determinism, resume after kills, full disk, Dask, GX."""
+"""generate stage: run end to end: determinism, resume after kills, full disk, Dask, accelerate, GX."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from tasks import generate as G
+from tasks.generation import shards
 from tasks.io import TEMP_PREFIX, atomic_open, sha256_file
 from tasks.stage import StageError
 from tasks.validation import ValidationFailed, validate
@@ -35,7 +35,8 @@ class _Killed(Exception):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random-weight pipeline folder (32²) and a prompts.json, built once for the module."""
-    from tasks.sd import build_tiny_pipeline, save_pipeline
+    from tasks.diffusion.pipeline import save_pipeline
+    from tasks.diffusion.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("generate-inputs")
     model = save_pipeline(build_tiny_pipeline(32, 0), root / "model")
@@ -62,134 +63,11 @@ def reference(inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     return _snapshot(out)
 
 
-# --------------------------------------------------------------------------------------------- plan
-
-
-def test_class_counts_balanced_and_by_ratio():
-    assert G.class_counts(CLASSES, 7) == {"small": 4, "big": 3}
-    assert G.class_counts(CLASSES, 10, {"small": 3, "big": 1}) == {"small": 8, "big": 2}
-    assert sum(G.class_counts(["a", "b", "c"], 10_000, {"a": 1, "b": 1, "c": 1}).values()) == 10_000
-
-
-def test_class_counts_rejects_ratio_keys_that_are_not_the_classes():
-    with pytest.raises(ValueError, match="unknown: \\['medium'\\]"):
-        G.class_counts(CLASSES, 10, {"small": 1, "medium": 1})
-
-
-def test_plan_is_balanced_deterministic_and_laid_out_in_shards(tmp_path):
-    params = make_params(tmp_path, {"generate": {"num_images": 10, "batch_size": 2, "shard_size": 4,
-                                                 "prompt_templates": ["{prompt}", "{prompt}, sharp"]}})
-    plan = G.plan_generation(params, PROMPTS, model_hash="m", image_size=32)
-    again = G.plan_generation(params, PROMPTS, model_hash="m", image_size=32)
-    pd.testing.assert_frame_equal(plan, again)
-    assert plan["intended_label"].value_counts().to_dict() == {"small": 5, "big": 5}
-    assert plan.groupby("shard")["intended_label"].nunique().min() == 2  # interleaved: every shard has both
-    assert plan["seed"].is_unique and plan["file_name"].is_unique
-    assert list(plan["shard"]) == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
-    assert list(plan["batch"][:4]) == [0, 0, 1, 1] and list(plan["slot"][:4]) == [0, 1, 0, 1]
-    small = plan[plan["intended_label"] == "small"]["prompt"].tolist()
-    assert small[:2] == ["photo of zwx small hip xray", "photo of zwx small hip xray, sharp"]
-    other = G.plan_generation(make_params(tmp_path, {"seed": 7}), PROMPTS, model_hash="m", image_size=32)
-    assert not set(other["seed"]) & set(G.plan_generation(make_params(tmp_path), PROMPTS, image_size=32)["seed"])
-
-
-def test_plan_class_negatives_follow_the_template_and_join_the_users(tmp_path):
-    prompts = {**PROMPTS, "negative_prompts": {"small": "photo of zwx big hip xray",
-                                               "big": "photo of zwx small hip xray"}}
-    params = make_params(tmp_path, {"generate": {"num_images": 4, "prompt_templates": ["{prompt}", "{prompt}, sharp"]}})
-    plan = G.plan_generation(params, prompts, image_size=32)
-    small = plan[plan["intended_label"] == "small"]["negative_prompt"].tolist()
-    assert small == ["photo of zwx big hip xray", "photo of zwx big hip xray, sharp"]
-    user = make_params(tmp_path, {"generate": {"num_images": 2, "negative_prompt": "blurry"}})
-    assert G.plan_generation(user, prompts, image_size=32)["negative_prompt"].tolist() == [
-        "photo of zwx big hip xray | blurry", "photo of zwx small hip xray | blurry"]
-    assert set(G.plan_generation(user, PROMPTS, image_size=32)["negative_prompt"]) == {"blurry"}
-    assert set(G.plan_generation(make_params(tmp_path), PROMPTS, image_size=32)["negative_prompt"]) == {""}
-
-
-def test_plan_from_captions_cycles_each_class_captions_and_negates_the_others(tmp_path):
-    prompts = {**PROMPTS, "negative_prompts": {"small": "photo of zwx big hip xray", "big": "photo of zwx small hip xray"},
-               "caption_prompts": {"small": ["s1", "s2", "s3"], "big": ["b1", "b2"]}}
-    params = make_params(tmp_path, {"generate": {"num_images": 8, "prompt_source": "captions"}})
-    plan = G.plan_generation(params, prompts, image_size=32)
-    small, big = (plan[plan["intended_label"] == c] for c in ("small", "big"))
-    assert small["prompt"].tolist() == ["s1", "s2", "s3", "s1"] and big["prompt"].tolist() == ["b1", "b2", "b1", "b2"]
-    assert small["negative_prompt"].tolist() == ["b1", "b2", "b1", "b2"]  # the other class's caption at the same k
-    assert big["negative_prompt"].tolist() == ["s1", "s2", "s3", "s1"]
-    off = {k: v for k, v in prompts.items() if k != "negative_prompts"}
-    assert set(G.plan_generation(params, off, image_size=32)["negative_prompt"]) == {""}
-    with pytest.raises(StageError, match="no caption_prompts.*dvc repro caption"):
-        G.plan_generation(params, PROMPTS, image_size=32)
-
-
-def test_derive_seed_is_stable_across_processes_and_versions():
-    # A fixed value: a change of hashing (e.g. Python's salted hash()) would silently change every image.
-    assert G.derive_seed(100, 0) == 1868645343657104397
-    assert 0 <= G.derive_seed(100, 9999) < 2**63
-
-
 def test_run_rejects_unreadable_prompts_file(params, inputs, tmp_path):
     bad = tmp_path / "prompts.json"
     bad.write_text("{not json")
     with pytest.raises(StageError, match="not valid JSON"):
         G.run(params, model=inputs[0], prompts=bad, out_dir=tmp_path / "out")
-
-
-def test_plan_rejects_missing_instance_prompt_and_bad_size(tmp_path):
-    params = make_params(tmp_path)
-    broken = {"classes": CLASSES, "instance_prompts": {"small": "x"}}
-    with pytest.raises(StageError, match="missing: \\['big'\\]"):
-        G.plan_generation(params, broken, image_size=32)
-    with pytest.raises(StageError, match="multiple of 8"):
-        G.plan_generation(params, PROMPTS, image_size=30)
-
-
-def test_params_reject_template_without_prompt_placeholder(tmp_path):
-    from tasks.params import ParamsError
-
-    with pytest.raises(ParamsError, match="prompt_templates"):
-        make_params(tmp_path, {"generate": {"prompt_templates": ["no placeholder"]}})
-
-
-# --------------------------------------------------------------------------------------------- filters
-
-
-def test_image_status_flags_nan_black_constant():
-    rng = np.random.default_rng(0)
-    ok = rng.random((8, 8, 3), dtype=np.float32)
-    nan = ok.copy()
-    nan[3, 3, 1] = np.nan
-    assert G.image_status(ok) == "ok"
-    assert G.image_status(nan) == "nan"
-    assert G.image_status(np.zeros((8, 8, 3), np.float32)) == "black"
-    assert G.image_status(np.full((8, 8, 3), 0.5, np.float32)) == "constant"
-    with pytest.raises(ValueError, match="empty"):
-        G.image_status(np.zeros((0, 8, 3), np.float32))
-
-
-def test_quantise_is_rounded_clipped_and_nan_safe():
-    q = G.quantise(np.array([np.nan, -1.0, 0.5 / 255, 1.5 / 255, 2.0], np.float32))
-    assert q.dtype == np.uint8 and q.tolist() == [0, 0, 0, 2, 255]
-
-
-def test_mark_duplicates_flags_later_copies_only():
-    m = pd.DataFrame({"index": [2, 0, 1, 3], "sha256": ["a", "a", "b", "a"], "status": ["ok", "ok", "ok", "black"]})
-    out = G.mark_duplicates(m)
-    assert out["status"].tolist() == ["ok", "ok", "duplicate", "black"]
-    with pytest.raises(ValueError, match="sha256"):
-        G.mark_duplicates(m.drop(columns="sha256"))
-
-
-def test_slerp_endpoints_and_tile():
-    import torch
-
-    a, b = torch.randn(4, 8, 8), torch.randn(4, 8, 8)
-    assert torch.allclose(G.slerp(a, b, 0.0), a, atol=1e-5) and torch.allclose(G.slerp(a, b, 1.0), b, atol=1e-5)
-    with pytest.raises(ValueError, match="no images"):
-        G.tile([])
-
-
-# --------------------------------------------------------------------------------------------- run
 
 
 def test_run_writes_manifest_metadata_and_grids(params, inputs, tmp_path, reference):
@@ -210,18 +88,6 @@ def test_run_writes_manifest_metadata_and_grids(params, inputs, tmp_path, refere
     assert again.metrics["generated"] == 0 and again.metrics["reused"] == 8
 
 
-def test_image_bits_depend_on_slot_not_on_the_rest_of_the_batch(inputs):
-    pipe = G.prepare_pipeline(inputs[0], "ddim", "fp32")
-    row = dict(prompt="photo of zwx small hip xray", negative_prompt="", seed=1, steps=2, guidance=8.0,
-               height=32, width=32)
-    others = [dict(row, seed=s, prompt=p) for s, p in ((2, "a"), (3, "b"), (4, "photo"))]
-    with G._torch_threads(1):
-        full = G.render_batch(pipe, [row, *others])
-        padded = G.render_batch(pipe, [row] * 4)
-    assert np.array_equal(G.quantise(full[0]), G.quantise(padded[0]))
-    assert np.array_equal(full[0], padded[0])
-
-
 def test_one_image_regenerated_alone_is_byte_identical(params, inputs, tmp_path, reference):
     out_dir = tmp_path / "out"
     _run(params, inputs, out_dir)
@@ -240,7 +106,7 @@ def test_one_image_regenerated_alone_is_byte_identical(params, inputs, tmp_path,
 def test_resume_after_kill_matches_uninterrupted_run(params, inputs, tmp_path, reference, monkeypatch,
                                                      target, at, redone):
     out_dir = tmp_path / "out"
-    real = getattr(G, target)
+    real = getattr(shards, target)
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -249,12 +115,12 @@ def test_resume_after_kill_matches_uninterrupted_run(params, inputs, tmp_path, r
             raise _Killed(f"killed at {target} call {at}")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(G, target, dying)
+    monkeypatch.setattr(shards, target, dying)
     with pytest.raises(_Killed):
         _run(params, inputs, out_dir)
     assert not (out_dir / "manifest.csv").exists()
     (out_dir / "images" / "small" / f"{TEMP_PREFIX}left-by-kill.png").write_bytes(b"\x89PNG partial")
-    monkeypatch.setattr(G, target, real)
+    monkeypatch.setattr(shards, target, real)
     out = _run(params, inputs, out_dir)
     assert _snapshot(out_dir) == reference
     assert out.metrics["generated"] == redone and out.metrics["reused"] == 8 - redone
@@ -269,14 +135,15 @@ import sys, time, pathlib
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import tasks
 from tasks import generate as G
+from tasks.generation import shards
 from conftest import make_params
-real = G._write_shard_manifest
+real = shards._write_shard_manifest
 def slow(out_dir, shard, rows):
     real(out_dir, shard, rows)
     if shard == 0:
         pathlib.Path({str(marker)!r}).write_text("x")
         time.sleep(120)
-G._write_shard_manifest = slow
+shards._write_shard_manifest = slow
 G.run(make_params(pathlib.Path({str(tmp_path)!r})), model=pathlib.Path({str(inputs[0])!r}),
       prompts=pathlib.Path({str(inputs[1])!r}), out_dir=pathlib.Path({str(out_dir)!r}))
 """
@@ -376,13 +243,13 @@ sys.path.insert(0, {tests!r})
 import tasks
 from pathlib import Path
 from conftest import make_params
-from tasks import generate as G
+from tasks.generation import engines
 from tasks.stage import run_stage
-real = G.generate_shard
+real = engines.generate_shard
 def traced(job, *args, **kwargs):
-    print(f"RANK {{G._process_group().process_index}} SHARD {{job.shard}}", flush=True)
+    print(f"RANK {{engines._process_group().process_index}} SHARD {{job.shard}}", flush=True)
     return real(job, *args, **kwargs)
-G.generate_shard = traced
+engines.generate_shard = traced
 out = run_stage("generate", make_params(Path({root!r})))
 print("RANK-DONE", int(out.metrics["generated"]), flush=True)
 '''

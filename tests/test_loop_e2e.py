@@ -84,7 +84,7 @@ def test_killed_flow_mid_generate_resumes(project: Path):
 
     apply_overrides(project / "params.yaml", ["generate.num_images=40", "generate.shard_size=4"])
     images = project / "data" / "generate" / "images"
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "run"], cwd=project, env=env_for(project),
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env_for(project),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     baseline_count = _count_pngs(images)

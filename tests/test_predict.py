@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_classifier import make_caption, make_generated  # noqa: E402
 
 from tasks import baseline, predict  # noqa: E402
-from tasks.classifier import ModelLoadError  # noqa: E402
+from tasks.classify.models import ModelLoadError  # noqa: E402
 
 
 def test_uncertainty_values():

@@ -1,4 +1,4 @@
-"""pretrain stage: the tiny base trained on the unlabeled pool, or a referenced hub/folder base; shared losses."""
+"""pretrain stage: the tiny base trained on the unlabeled pool, or a referenced hub/folder base."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from conftest import make_params
-from tasks import pretrain, sd
-from tasks.pretrain import NonFiniteLoss, PretrainError
+from tasks import pretrain
+from tasks.diffusion import pipeline, tiny
+from tasks.pretrain import PretrainError
 
 TINY = {"steps": 3, "vae_steps": 3, "batch_size": 4, "vae_batch_size": 4, "sample_images": 2, "sample_steps": 2}
 
@@ -30,15 +31,15 @@ def write_pool(folder: Path, n: int = 6, size: int = 32) -> Path:
 
 def test_tiny_pretrain_writes_a_loadable_pipeline(tmp_path: Path) -> None:
     params = make_params(tmp_path, {"pretrain": TINY})
-    untrained = sd.build_tiny_pipeline(32, params.seed)
+    untrained = tiny.build_tiny_pipeline(32, params.seed)
     out = pretrain.run(params, pool=write_pool(tmp_path / "pool"), out_dir=params.paths.pretrain)
-    pipe = sd.load_pipeline(out.pipeline)
+    pipe = pipeline.load_pipeline(out.pipeline)
     assert pipe.vae.config.scaling_factor == pytest.approx(out.metrics["vae_scaling_factor"])
     assert pipe.vae.config.scaling_factor != 1.0  # set from the data, not the config default
     changed = [not torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), untrained.unet.parameters())]
     assert any(changed)
     record = json.loads((params.paths.pretrain / "pipeline.json").read_text())
-    assert record["hash"] == sd.model_hash(out.pipeline) and record["pool_images"] == 6
+    assert record["hash"] == pipeline.model_hash(out.pipeline) and record["pool_images"] == 6
     assert Image.open(params.paths.pretrain / "samples.png").size == (2 * 32, 32)
     assert out.base_json is None and np.isfinite(out.metrics["unet_loss"])
 
@@ -48,16 +49,17 @@ def test_tiny_pretrain_is_deterministic(tmp_path: Path) -> None:
     hashes = []
     for run in ("a", "b"):
         params = make_params(tmp_path / run, {"pretrain": TINY})
-        hashes.append(sd.model_hash(pretrain.run(params, pool=pool, out_dir=params.paths.pretrain).pipeline))
+        hashes.append(pipeline.model_hash(pretrain.run(params, pool=pool, out_dir=params.paths.pretrain).pipeline))
     assert hashes[0] == hashes[1]
 
 
 def test_folder_base_is_referenced_with_hash(tmp_path: Path) -> None:
-    folder = sd.save_pipeline(sd.build_tiny_pipeline(32, 0), tmp_path / "mybase")
+    folder = pipeline.save_pipeline(tiny.build_tiny_pipeline(32, 0), tmp_path / "mybase")
     params = make_params(tmp_path, {"pretrain": {"base_model": str(folder)}})
     out = pretrain.run(params, pool=tmp_path / "unused", out_dir=params.paths.pretrain)
     record = json.loads(out.base_json.read_text())
-    assert record == {"base_model": str(folder), "variant": "", "hash": sd.model_hash(folder), "unet_sample_size": 8}
+    assert record == {"base_model": str(folder), "variant": "", "hash": pipeline.model_hash(folder),
+                      "unet_sample_size": 8}
     assert not (params.paths.pretrain / "pipeline").exists()
 
 
@@ -65,7 +67,7 @@ def test_missing_hub_base_fails_clearly(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     params = make_params(tmp_path, {"pretrain": {"base_model": "runwayml/stable-diffusion-v1-5", "variant": "fp16"}})
-    with pytest.raises(sd.ModelNotAvailable, match="not in the local cache"):
+    with pytest.raises(pipeline.ModelNotAvailable, match="not in the local cache"):
         pretrain.run(params, pool=tmp_path, out_dir=params.paths.pretrain)
     assert not (params.paths.pretrain / "base.json").exists()
 
@@ -75,37 +77,8 @@ def test_pool_without_metadata_is_an_error(tmp_path: Path) -> None:
         pretrain.read_pool(tmp_path)
 
 
-def test_load_images_rejects_escaping_and_missing_files(tmp_path: Path) -> None:
-    pool = write_pool(tmp_path / "pool", n=1)
-    with pytest.raises(PretrainError, match="outside"):
-        pretrain.load_images(pool, ["../secret.png"], 32)
-    with pytest.raises(PretrainError, match="does not exist"):
-        pretrain.load_images(pool, ["nope.png"], 32)
-    x = pretrain.load_images(pool, ["pool-0.png"], 16)
-    assert x.shape == (1, 3, 16, 16) and -1 <= x.min() and x.max() <= 1
-    assert torch.equal(x[:, 0], x[:, 1])  # grayscale replicated to the SD VAE's 3 channels
-
-
 def test_pool_image_size_must_be_square(tmp_path: Path) -> None:
     tmp_path.joinpath("a.png").parent.mkdir(exist_ok=True)
     Image.new("L", (32, 24)).save(tmp_path / "a.png")
     with pytest.raises(PretrainError, match="square"):
         pretrain.pool_image_size(tmp_path, "a.png")
-
-
-def test_min_snr_weights_cap_low_noise_steps() -> None:
-    from diffusers import DDPMScheduler
-
-    sched = DDPMScheduler(**{k: v for k, v in sd.SD15_SCHEDULER.items() if k != "set_alpha_to_one"})
-    w = pretrain.min_snr_weights(sched, torch.tensor([0, 500, 999]), gamma=5.0)
-    assert w[0] < 0.01  # tiny t: SNR is huge, its weight is capped
-    assert w[2] == pytest.approx(1.0)  # high noise: SNR < gamma, weight 1
-    assert torch.all(w <= 1.0)
-
-
-def test_check_finite_raises_on_nan() -> None:
-    assert pretrain.check_finite(torch.tensor(0.5), 1, "x") == 0.5
-    with pytest.raises(NonFiniteLoss, match="loss is nan at step 7"):
-        pretrain.check_finite(torch.tensor(float("nan")), 7, "x")
-    with pytest.raises(NonFiniteLoss, match="inf"):
-        pretrain.check_finite(torch.tensor(float("inf")), 1, "x")

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fixtures_classifier import make_caption, make_corrections, make_generated  # noqa: E402
 
 from tasks import retrain  # noqa: E402
-from tasks.classifier import load_model  # noqa: E402
+from tasks.classify.models import load_model  # noqa: E402
 from tasks.stage import StageError  # noqa: E402
 from tasks.validation import ValidationFailed  # noqa: E402
 

@@ -21,9 +21,10 @@ import pytest
 import yaml
 from browser import browser_page, chromium  # noqa: F401  (fixtures)
 from project import copy_project, dvc, env_for
+from review_fixtures import decisions
 
 from conftest import REPO, free_port
-from tasks.review import read_audit, read_corrections
+from tasks.review.audit import read_audit
 
 REVIEWER = "Dr. Ann O'Neil <vet>"  # stored as typed, shown as text
 CLASSES = ["small", "big"]  # phantom.classes in params.yaml: hotkey 1 = small, 2 = big
@@ -109,7 +110,7 @@ def test_person_reviews_in_the_browser_and_the_paused_flow_resumes_to_retrain(co
     env = {**env_for(project), "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)  # the ephemeral API, inside the flow's process
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.cli", "run"], cwd=project, env=env, text=True,
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env, text=True,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         status = _wait_for_review_app(proc, url, log)
@@ -129,7 +130,7 @@ def test_person_reviews_in_the_browser_and_the_paused_flow_resumes_to_retrain(co
     assert f"review checkpoint passed (reviewer: {REVIEWER})" in output  # the ReviewInput the app sent
 
     review_dir = project / "data" / "review"
-    corrections = read_corrections(review_dir / "corrections.csv").set_index("file_name")
+    corrections = decisions(review_dir / "corrections.csv").set_index("file_name")
     got = {f: (row["decision"], row["final_label"] or "") for f, row in corrections.iterrows()}
     assert got == expected
     assert set(corrections["reviewer"]) == {REVIEWER}
@@ -160,7 +161,7 @@ def test_resume_that_arrives_before_the_run_is_paused_is_retried(monkeypatch: py
     import prefect.flow_runs
     from prefect.exceptions import NotPausedError
 
-    from tasks.review_input import resume_callback
+    from tasks.review.prefect_input import resume_callback
 
     calls: list[dict] = []
 

@@ -31,7 +31,7 @@ def test_served_deployment_registers_schedule_and_runs(tmp_path: Path, prefect_s
 
     project = make_project(tmp_path / "proj", overrides={"review": {"mode": "manual"}})
     env = {**env_for(project), "PREFECT_API_URL": prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    serve = subprocess.Popen([sys.executable, "-m", "tasks.cli", "serve"], cwd=project, env=env,
+    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with temporary_settings({PREFECT_API_URL: prefect_server}):

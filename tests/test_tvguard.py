@@ -74,13 +74,13 @@ def test_guard_without_torchvision_installed(monkeypatch: pytest.MonkeyPatch):
 
 def test_importing_tasks_and_flows_does_not_import_heavy_libraries():
     """The guard is lazy and flows are wiring: importing them pays for no torch, pandas or mlflow."""
-    proc = _python("import sys, tasks, tasks.params, tasks.cli, flows.pipeline, flows.schedule; "
+    proc = _python("import sys, tasks, tasks.params, flows.cli, flows.pipeline, flows.schedule; "
                    "print(sorted(m for m in ('torch', 'pandas', 'mlflow', 'torchvision') if m in sys.modules))")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["tasks.phantom", "tasks.cli"])
+@pytest.mark.parametrize("module", ["tasks.phantom", "flows.cli"])
 def test_stage_commands_arm_the_guard(module: str):
     """`python -m tasks.<stage>` imports the tasks package first, so the guard is armed in DVC commands too."""
     proc = _python(f"import sys, importlib; importlib.import_module('{module}'); "

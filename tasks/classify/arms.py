@@ -1,0 +1,97 @@
+"""The training arms of the comparison: which synthetic rows an arm trains on, and how it trains on them.
+
+Arms differ in data only: every arm trains with the one recipe of ``tasks.classify.train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+
+from tasks.classify.train import TrainResult, train_classifier
+from tasks.params import Params
+from tasks.stage import StageError
+
+log = logging.getLogger(__name__)
+
+
+def reviewed_synthetic(generated: pd.DataFrame, corrections: pd.DataFrame) -> pd.DataFrame:
+    """Synthetic training rows ``file_name,label,path``: accepted or corrected items, labelled ``final_label``.
+
+    Rejected items and generated images nobody reviewed are left out; so is a correction for an image that is not
+    an ``ok`` generated image (it was filtered after review, or the manifest changed), and one whose ``sha256`` is
+    not the manifest's for that file: the label was given to a different picture (the image was regenerated).
+    """
+    for name, df in (("generate manifest", generated), ("corrections", corrections)):
+        if "sha256" not in df:
+            raise StageError(f"{name} has no sha256 column: reviewed labels cannot be matched to image content")
+    kept = corrections[corrections["decision"].isin(["accept", "correct"])]
+    unlabeled = kept["final_label"].fillna("").eq("")
+    if unlabeled.any():  # the review_corrections suite forbids this; a hand-made table may not have run it
+        raise StageError(f"accepted/corrected items without final_label: {kept.loc[unlabeled, 'file_name'].tolist()[:10]}")
+    table = pd.DataFrame({"file_name": kept["file_name"].to_numpy(), "label": kept["final_label"].to_numpy(),
+                          "reviewed_sha256": kept["sha256"].fillna("").astype(str).to_numpy()})
+    merged = table.merge(generated[["file_name", "path", "sha256"]], on="file_name", how="inner")
+    dropped = len(table) - len(merged)
+    if dropped:
+        log.warning("%d reviewed items are not ok generated images; left out", dropped)
+    same = merged["reviewed_sha256"].eq(merged["sha256"].fillna("").astype(str)) & merged["reviewed_sha256"].ne("")
+    if not same.all():
+        log.warning("%d reviewed items were decided on a different image than the one now at their file name "
+                    "(sha256 differs from the generate manifest: regenerated); left out, review them again "
+                    "(e.g. %s)", int((~same).sum()), merged.loc[~same, "file_name"].tolist()[:3])
+    merged = merged[same].drop(columns=["reviewed_sha256", "sha256"])
+    return merged.sort_values("file_name", kind="stable").reset_index(drop=True)
+
+
+def select_synthetic(synthetic: pd.DataFrame, n_real: int, ratio: float, cap: int | None,
+                     seed: int) -> pd.DataFrame:
+    """At most ``ratio * n_real`` (and ``cap``) synthetic rows, drawn class-balanced and reproducibly."""
+    if ratio > 10:
+        log.warning("retrain.synthetic_ratio %.1f is above 10:1, where published gains saturate", ratio)
+    limit = math.floor(ratio * n_real)
+    if cap is not None:
+        limit = min(limit, cap)
+    if len(synthetic) <= limit:
+        return synthetic.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    # Round-robin over classes (each shuffled) keeps the classes balanced when the limit bites.
+    queues = [list(rng.permutation(g.index.to_numpy())) for _, g in synthetic.groupby("label", sort=True)]
+    picked: list[int] = []
+    while len(picked) < limit:
+        for q in queues:
+            if q and len(picked) < limit:
+                picked.append(q.pop(0))
+    return synthetic.loc[sorted(picked)].reset_index(drop=True)
+
+
+
+def synthetic_arm(params: Params, reviewed: pd.DataFrame, n_real: int, seed: int) -> pd.DataFrame:
+    """The reviewed synthetic rows one training run uses: ``select_synthetic`` with the retrain section's limits."""
+    r = params.retrain
+    return select_synthetic(reviewed, n_real, r.synthetic_ratio, r.synthetic_cap, seed)
+
+
+def train_arm(params: Params, real_train: pd.DataFrame, val: pd.DataFrame, synthetic: pd.DataFrame | None = None,
+              *, backbone: str | None = None, seed: int | None = None, metric_prefix: str = "") -> TrainResult:
+    """One arm of the comparison with the baseline recipe: real only (``synthetic`` None/empty) or real +
+    synthetic (weighted ``retrain.synthetic_weight``; or pretrained on synthetic, then fine-tuned on real)."""
+    cfg = params.baseline if backbone is None else params.baseline.model_copy(update={"backbone": backbone})
+    seed = params.seed if seed is None else seed
+    common = {"classes": params.classes, "channels": params.ingest.channels,
+              "image_size": params.ingest.image_size, "seed": seed}
+    if synthetic is None or synthetic.empty:
+        return train_classifier(cfg, real_train, val, metric_prefix=metric_prefix, **common)
+    synth = synthetic.assign(weight=params.retrain.synthetic_weight, source="synthetic")
+    if not params.retrain.pretrain_on_synthetic:
+        mixed = pd.concat([real_train, synth[real_train.columns.intersection(synth.columns)]], ignore_index=True)
+        return train_classifier(cfg, mixed, val, metric_prefix=metric_prefix, **common)
+    pre = train_classifier(cfg, synth, val, epochs=params.retrain.pretrain_epochs,
+                           metric_prefix=f"{metric_prefix}pretrain_", **common)
+    result = train_classifier(cfg, real_train, val, init_state=pre.model.state_dict(),
+                              metric_prefix=metric_prefix, **common)
+    result.meta.update(pretrained_on_synthetic=len(synth), n_train_synthetic=len(synth))
+    return result

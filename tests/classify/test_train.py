@@ -1,0 +1,65 @@
+"""The one training recipe: losses, class weights, CPU determinism, NaN stop."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_classifier import make_caption
+
+from tasks.classify.train import TrainingDiverged, WeightedLoss, class_weights, train_classifier
+from tasks.stage import StageError
+from tasks.tables import read_imagefolder
+
+def test_focal_loss_matches_hand_computed_value():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([0, 0])
+    alpha = torch.tensor([0.25, 0.75])
+    p = [math.exp(2) / (math.exp(2) + 1), 1 / (1 + math.e)]  # probability of the true class
+    per = [0.25 * (1 - q) ** 2 * -math.log(q) for q in p]
+    expected = sum(per) / (0.25 + 0.25)
+    got = WeightedLoss(gamma=2.0, class_weights=alpha)(logits, target)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_with_gamma_zero_is_weighted_cross_entropy_and_honours_sample_weights():
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    w = torch.tensor([1.0, 2.0, 0.5])
+    assert WeightedLoss(0.0, w)(logits, target).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, target, weight=w).item(), rel=1e-6)
+    sw = torch.tensor([1.0, 0, 0, 0, 0, 0])  # only the first sample counts
+    assert WeightedLoss(0.0)(logits, target, sw).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits[:1], target[:1]).item(), rel=1e-6)
+
+
+def test_class_weights_balanced_and_missing_class_is_an_error():
+    assert class_weights(np.array([0, 0, 0, 1]), 2).tolist() == pytest.approx([4 / 6, 2.0])
+    with pytest.raises(StageError, match="without training images"):
+        class_weights(np.array([0, 0]), 2)
+
+
+def _tables(tmp_path: Path):
+    cap = make_caption(tmp_path / "caption", n_train=8, n_val=8)
+    return read_imagefolder(cap / "train", ("small", "big")), read_imagefolder(cap / "val", ("small", "big"))
+
+
+def test_training_is_deterministic_on_cpu(params, tmp_path):
+    train, val = _tables(tmp_path)
+    cfg = params.baseline.model_copy(update={"epochs": 2})
+    kw = {"classes": params.classes, "channels": 1, "image_size": 32, "seed": 7}
+    a, b = train_classifier(cfg, train, val, **kw), train_classifier(cfg, train, val, **kw)
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), k
+    c = train_classifier(cfg, train, val, **{**kw, "seed": 8})
+    assert not torch.equal(a.model.head.weight, c.model.head.weight)
+    assert list(a.history.columns[:3]) == ["epoch", "train_loss", "train_accuracy"] and len(a.history) == 2
+
+
+def test_nan_loss_stops_training_with_a_clear_error(params, tmp_path):
+    train, val = _tables(tmp_path)
+    cfg = params.baseline.model_copy(update={"epochs": 3, "learning_rate": 1e30, "optimizer": "sgd"})
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train_classifier(cfg, train, val, classes=params.classes, channels=1, image_size=32, seed=0)

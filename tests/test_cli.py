@@ -1,0 +1,33 @@
+"""The `synthloop` CLI (flows/cli.py): subcommands, the printed answer, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows import cli
+
+
+def test_parser_knows_the_subcommands_and_refuses_unknown_stages(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["stage", "ingest"]).name == "ingest"
+    assert parser.parse_args(["run", "--stages", "baseline", "predict"]).stages == ["baseline", "predict"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["stage", "ingset"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_headline_is_the_answer_and_first_tables_without_the_data_line(tmp_path):
+    report = tmp_path / "report.md"
+    assert cli._headline(report) == ""
+    report.write_text("# T\n\nAnswer: helped.\n\nData: 10 images\n\n## A\n\n|x|\n\n## B\n\n|y|\n\n## C\n\nrest\n")
+    got = cli._headline(report)
+    assert got.startswith("# T") and "Answer: helped." in got and "|y|" in got
+    assert "Data:" not in got and "rest" not in got
+
+
+def test_bad_params_exit_1_with_the_key_named(tmp_path, monkeypatch, caplog):
+    (tmp_path / "params.yaml").write_text("seed: 1\npaths: {}\nbaselin: {}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["stage", "ingest"])
+    assert exit_info.value.code == 1 and "baselin" in caplog.text
