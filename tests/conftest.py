@@ -13,6 +13,10 @@ from tasks.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Prefect's ephemeral API server gets 20 s to start by default; on a loaded 2-core CI machine (several pytest-
+# started flows, dask workers) that is not always enough, and a timeout there says nothing about our code.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 #: Overrides that make every stage run in seconds on 2 CPU cores.
 SHRINK = {
     "phantom": {"per_class": 40, "unlabeled": 64, "image_size": 32},
