@@ -256,6 +256,9 @@ class Baseline(Section):
 
 class Predict(Section):
     batch_size: int = Field(128, ge=1)
+    #: temperature: one scalar T fitted by NLL on the real val split (tasks/classify/calibration.py); none: raw.
+    calibration: Literal["temperature", "none"] = "temperature"
+    calibration_bins: int = Field(10, ge=2, le=50)  # equal-width confidence bins of the ECE / reliability diagram
 
 
 class Review(Section):

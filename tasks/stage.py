@@ -44,7 +44,7 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         "dreambooth": {"base": p.pretrain, "caption": p.caption},
         "generate": {"model": p.dreambooth / "model", "prompts": p.caption / "prompts.json"},
         "baseline": {"caption": p.caption},
-        "predict": {"model": p.baseline, "generated": p.generate},
+        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},  # caption/val: calibration
         "review": {"predictions": p.predict, "generated": p.generate},
         # Only the decisions feed training: queue.csv or audit.jsonl changing must not trigger a retrain.
         "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv"},

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 MANIFEST_FILE = "manifest.csv"
 METADATA_FILE = "metadata.csv"
 PREDICTIONS_FILE = "predictions.csv"
+#: predict's reliability diagram of the real val split, raw and calibrated (``tasks.classify.calibration``).
+RELIABILITY_FILE = "reliability.csv"
 QUEUE_FILE = "queue.csv"
 CORRECTIONS_FILE = "corrections.csv"
 AUDIT_FILE = "audit.jsonl"

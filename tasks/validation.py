@@ -80,10 +80,14 @@ def _generate_manifest(classes: Sequence[str]) -> list[Spec]:
 
 
 def _predictions(classes: Sequence[str]) -> list[Spec]:
-    cols = ("file_name", "intended_label", "pred_label", "confidence", "margin", "entropy", "agrees", "review_rank")
+    # *_calibrated: the same uncertainty after temperature scaling (tasks.classify.calibration); raw kept.
+    cols = ("file_name", "intended_label", "pred_label", "confidence", "margin", "entropy", "agrees", "review_rank",
+            "confidence_calibrated", "margin_calibrated", "entropy_calibrated")
     return [*_exist(*cols, *(f"p_{c}" for c in classes)), *_not_null(*cols), _unique("file_name"),
             _in_set("pred_label", classes), _in_set("intended_label", classes),
             _between("confidence", 0, 1), _between("margin", 0, 1), _between("entropy", 0, None),
+            _between("confidence_calibrated", 0, 1), _between("margin_calibrated", 0, 1),
+            _between("entropy_calibrated", 0, None),
             *[_between(f"p_{c}", 0, 1) for c in classes], _unique("review_rank")]
 
 

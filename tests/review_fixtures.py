@@ -37,6 +37,8 @@ def predictions_frame(items=ITEMS, classes=("small", "big")) -> pd.DataFrame:
                      "entropy": -sum(p * math.log(p) for p in probs.values() if p > 0),
                      "agrees": intended == pred, **{f"p_{c}": p for c, p in probs.items()}})
     df = pd.DataFrame(rows)
+    for col in ("confidence", "margin", "entropy"):  # calibrated at T = 1: the same numbers
+        df[f"{col}_calibrated"] = df[col]
     df = df.sort_values(["agrees", "margin"], kind="stable").reset_index(drop=True)
     df["review_rank"] = range(len(df))
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True)  # file order must not matter

@@ -14,6 +14,7 @@ from fixtures_classifier import make_caption, make_generated  # noqa: E402
 
 from tasks import baseline, predict  # noqa: E402
 from tasks.classify.models import ModelLoadError  # noqa: E402
+from tasks.validation import ValidationFailed  # noqa: E402
 
 
 def test_uncertainty_values():
@@ -55,16 +56,44 @@ def test_run_labels_ok_images_and_validates(params):
     make_generated(P.generate, n=10, bad=3)
     p = params.model_copy(update={"baseline": params.baseline.model_copy(update={"epochs": 1})})
     baseline.run(p, caption=P.caption, out_dir=P.baseline)
-    out = predict.run(p, model=P.baseline, generated=P.generate, out_dir=P.predict)
+    out = predict.run(p, model=P.baseline, generated=P.generate, caption=P.caption, out_dir=P.predict)
     df = pd.read_csv(out.predictions)
     assert len(df) == 10 and out.metrics["n_predicted"] == 10  # black images are not labelled
     assert np.allclose(df[["p_small", "p_big"]].sum(axis=1), 1.0)
     assert df["review_rank"].tolist() == list(range(1, 11))
     assert 0 <= out.metrics["agreement_rate"] <= 1
+    # calibrated on the 8 val images: T fitted, raw kept, the reliability diagram written for both
+    assert out.metrics["n_calibration"] == 8 and out.metrics["temperature"] > 0
+    assert {"ece_raw", "ece_calibrated", "nll_raw", "nll_calibrated"} <= set(out.metrics)
+    assert out.metrics["nll_calibrated"] <= out.metrics["nll_raw"] + 1e-6
+    assert (df["pred_label"] == np.where(df["p_small"] >= df["p_big"], "small", "big")).all()
+    reliability = pd.read_csv(P.predict / "reliability.csv")
+    assert set(reliability["stage"]) == {"raw", "calibrated"} and reliability["count"].sum() == 16
+
+
+def test_prediction_table_calibrated_columns_follow_the_temperature():
+    gen = pd.DataFrame({"file_name": ["a", "b"], "intended_label": ["small", "big"]})
+    proba = np.array([[0.99, 0.01], [0.3, 0.7]])
+    raw = predict.prediction_table(gen, proba, ("small", "big"))
+    soft = predict.prediction_table(gen, proba, ("small", "big"), temperature=3.0)
+    assert raw["confidence_calibrated"].tolist() == pytest.approx(raw["confidence"].tolist())
+    assert (soft["confidence_calibrated"] < soft["confidence"]).all()  # T > 1 softens
+    assert soft["pred_label"].tolist() == raw["pred_label"].tolist()
+
+
+def test_run_without_val_images_is_a_clear_error(params):
+    P = params.paths
+    make_caption(P.caption, n_train=8, n_val=2)
+    make_generated(P.generate, n=4)
+    p = params.model_copy(update={"baseline": params.baseline.model_copy(update={"epochs": 1})})
+    baseline.run(p, caption=P.caption, out_dir=P.baseline)
+    pd.DataFrame(columns=["file_name", "text", "label"]).to_csv(P.caption / "val" / "metadata.csv", index=False)
+    with pytest.raises(ValidationFailed, match="caption_metadata"):
+        predict.run(p, model=P.baseline, generated=P.generate, caption=P.caption, out_dir=P.predict)
 
 
 def test_run_without_model_is_a_clear_error(params):
     make_generated(params.paths.generate, n=4)
     with pytest.raises(ModelLoadError, match="run its stage first"):
-        predict.run(params, model=params.paths.baseline, generated=params.paths.generate,
+        predict.run(params, model=params.paths.baseline, generated=params.paths.generate, caption=params.paths.caption,
                     out_dir=params.paths.predict)
