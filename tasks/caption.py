@@ -22,7 +22,7 @@ import pandas as pd
 
 from tasks.io import (TEMP_PREFIX, atomic_write_bytes, atomic_write_json, clean_stale_temp,
                       restore_numeric)
-from tasks.diffusion.prompts import PROMPT_SEPARATOR
+from tasks.diffusion.prompts import PROMPT_SEPARATOR, class_prompt
 from tasks.params import Params
 from tasks.stage import StageError, cli_main
 from tasks.tables import read_ingest_manifest, write_imagefolder_metadata
@@ -109,7 +109,7 @@ def build_prompts(classes: tuple[str, ...], token: str, thing: str, class_negati
         raise CaptionError("no classes to build prompts for")
     instance = {c: f"photo of {token} {c} {thing}" for c in classes}
     prompts: dict[str, Any] = {"classes": list(classes), "instance_prompts": instance,
-                               "class_prompt": f"photo of a {thing}"}
+                               "class_prompt": class_prompt(thing)}
     if captions is not None:
         missing = [c for c in classes if not captions.get(c)]
         if missing:

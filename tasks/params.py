@@ -7,14 +7,17 @@ plus ``paths``. Cross-field rules live in validators.
 
 from __future__ import annotations
 
+import csv
+import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import PrivateAttr, ValidationError, model_validator
 
-from tasks.sections import (Baseline, Caption, Dreambooth, Evaluate, Generate, Ingest, Paths, Phantom, Predict,
-                            Pretrain, Retrain, Review, Schedule, Section)
+from tasks.sections import (PHANTOM_CLASSES, Baseline, Caption, Dataset, Dreambooth, Evaluate, Generate, Ingest,
+                            Paths, Phantom, Predict, Pretrain, Retrain, Review, Schedule, Section, check_class_names)
 
 #: Like DVC, everything is relative to the project directory the command runs in (where dvc.yaml lives).
 PARAMS_FILE = "params.yaml"
@@ -47,6 +50,7 @@ class Params(Section):
     seed: int = 100
     profile: str = "embedded"
     paths: Paths
+    dataset: Dataset = Dataset()
     phantom: Phantom = Phantom()
     ingest: Ingest = Ingest()
     caption: Caption = Caption()
@@ -59,6 +63,24 @@ class Params(Section):
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
     schedule: Schedule = Schedule()
+    #: Class names discovered in paths.raw (dataset.classes null, source folder): read once per Params object.
+    _discovered: tuple[str, ...] | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _dataset_rules(self) -> "Params":
+        if self.dataset.source == "phantom":
+            n = len(self.dataset.classes or PHANTOM_CLASSES)
+            if len(self.phantom.thresholds) != n - 1:
+                raise ValueError(f"phantom.thresholds needs len(dataset.classes)-1 = {n - 1} cut points, "
+                                 f"got {len(self.phantom.thresholds)}")
+        elif self.review.mode == "reference":
+            raise ValueError("review.mode reference is the simulated reviewer of the phantom demo; with "
+                             "dataset.source folder there is no reference labeler for your images: set review.mode "
+                             "to manual or accept-confident")
+        elif self.paths.raw == self.paths.phantom or self.paths.phantom in self.paths.raw.parents:
+            raise ValueError(f"dataset.source folder reads your images at paths.raw, but paths.raw ({self.paths.raw}) "
+                             f"is inside paths.phantom ({self.paths.phantom}): point paths.raw at your folder")
+        return self
 
     @model_validator(mode="after")
     def _prompts_match_training(self) -> "Params":
@@ -72,12 +94,60 @@ class Params(Section):
 
     @property
     def classes(self) -> tuple[str, ...]:
-        """Class names of the loop. For user data, ingest discovers them; they must match phantom.classes."""
-        return self.phantom.classes
+        """Class names of the loop, the one accessor every stage uses.
+
+        ``dataset.classes`` when set; else, for ``dataset.source: folder``, the classes found in ``paths.raw``
+        (``discover_classes``: sorted by name, so every stage sees the same tuple); else the demo's names.
+        """
+        if self.dataset.classes is not None:
+            return self.dataset.classes
+        if self.dataset.source == "phantom":
+            return PHANTOM_CLASSES
+        if self._discovered is None:
+            self._discovered = discover_classes(self.paths.raw)
+        return self._discovered
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the classes are ordinal (in the order of ``classes``): evaluate then reports kappa and MAE."""
+        return self.dataset.ordered
+
+    def pretrain_pool(self) -> Path | None:
+        """Unlabeled images pretrain adds to the trainval images: ``pretrain.pool``, else the demo's pool."""
+        if self.pretrain.pool is not None:
+            return self.pretrain.pool
+        return self.paths.phantom / "unlabeled" if self.dataset.source == "phantom" else None
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``section.key`` dict, as logged to MLflow."""
         return _flatten(self.model_dump(mode="json"))
+
+
+def discover_classes(raw: Path) -> tuple[str, ...]:
+    """Class names of a user's folder, sorted by name: the ``label`` values of ``raw/metadata.csv`` when it exists,
+    else the names of the class folders (non-hidden, not symlinked, as ingest walks them). Unicode NFC, as ingest."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise ParamsError(f"dataset.classes is null, so the classes are read from paths.raw, but {raw} is not a "
+                          f"folder: put your images there or list dataset.classes")
+    meta = raw / "metadata.csv"
+    if meta.is_file():
+        with meta.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if "label" not in (reader.fieldnames or []):
+                raise ParamsError(f"{meta} has no 'label' column, so dataset.classes cannot be read from it")
+            found = {unicodedata.normalize("NFC", (row["label"] or "").strip()) for row in reader} - {""}
+        where = f"the labels of {meta}"
+    else:
+        found = {unicodedata.normalize("NFC", e.name) for e in os.scandir(raw)
+                 if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")}
+        where = f"the class folders of {raw}"
+    classes = tuple(sorted(found))
+    try:
+        check_class_names(classes, f"dataset.classes (null: read from {where})")
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+    return classes
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

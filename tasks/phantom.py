@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
+from tasks.progress import progress
 
-from tasks.io import atomic_write_csv, clean_stale_temp, save_png_atomic
+from tasks.io import atomic_write_csv, atomic_write_json, clean_stale_temp, save_png_atomic
 from tasks.params import Params
 from tasks.phantom_geometry import (STREAM_LABELED, STREAM_UNLABELED, class_interval, image_rng,
                                      label_for_angle, render_hip, sample_angles)
@@ -32,13 +32,17 @@ from tasks.stage import cli_main
 
 log = logging.getLogger(__name__)
 
+#: With ``dataset.source: folder`` the stage makes no phantoms; this file (its only output) says why. dvc.yaml stays
+#: one static DAG, and no other stage reads paths.phantom then (pretrain's pool is the user's, or none).
+SKIPPED_FILE = "skipped.json"
+
 CAPTION = "X-ray of a dog hip, left angle {left:.1f} degrees, right angle {right:.1f} degrees"
 
 
 @dataclass(frozen=True)
 class PhantomOutputs:
-    labeled: Path
-    unlabeled: Path
+    labeled: Path | None  # None when skipped (dataset.source: folder)
+    unlabeled: Path | None
     metrics: dict[str, float]
 
 
@@ -54,14 +58,14 @@ def make_record(seed: int, stream: int, index: int, interval: tuple[float, float
     left, right = sample_angles(rng, *interval)
     angle = round((left + right) / 2.0, 2)
     image = render_hip((left, right), rng, params.phantom.image_size)
-    label = label_for_angle(angle, params.phantom.thresholds, params.phantom.classes)
+    label = label_for_angle(angle, params.phantom.thresholds, params.classes)
     return image, {"label": label, "caption": caption_for(left, right), "left_angle": left,
                    "right_angle": right, "angle": angle}
 
 
 def labeled_plan(params: Params) -> list[tuple[int, int]]:
     """(image index, class index) of the balanced labeled set: ``per_class`` images of each class."""
-    n_classes = len(params.phantom.classes)
+    n_classes = len(params.classes)
     return [(i, i % n_classes) for i in range(params.phantom.per_class * n_classes)]
 
 
@@ -81,19 +85,30 @@ def _remove_stale(folder: Path, keep: set[str]) -> int:
     return len(stale)
 
 
+def _skip(out_dir: Path) -> PhantomOutputs:
+    reason = "skipped: dataset.source is folder (the loop uses your images at paths.raw)"
+    atomic_write_json(out_dir / SKIPPED_FILE, {"skipped": reason})
+    log.info("phantom: %s", reason)
+    return PhantomOutputs(labeled=None, unlabeled=None, metrics={"skipped": 1.0, "n_labeled": 0.0,
+                                                                  "n_unlabeled": 0.0})
+
+
 def run(params: Params, *, out_dir: Path) -> PhantomOutputs:
-    """Render the balanced labeled set and the unlabeled pool under ``out_dir``."""
+    """Render the balanced labeled set and the unlabeled pool under ``out_dir`` (only a skip marker for user data)."""
     out_dir = Path(out_dir)
+    if params.dataset.source == "folder":
+        return _skip(out_dir)
     clean_stale_temp(out_dir)
+    (out_dir / SKIPPED_FILE).unlink(missing_ok=True)
     cfg = params.phantom
     labeled, unlabeled = out_dir / "labeled", out_dir / "unlabeled"
     plan = labeled_plan(params)
     records = [make_record(params.seed, STREAM_LABELED, i, class_interval(k, cfg.thresholds, cfg.angle_range),
-                           params) for i, k in tqdm(plan, desc="phantom labeled", leave=False)]
+                           params) for i, k in progress(plan, desc="phantom labeled", unit="img")]
     names = [f"{meta['label']}/hip-{i:05d}.png" for (i, _), (_, meta) in zip(plan, records)]
     lab_df = _write_set(records, labeled, names)
     pool = [make_record(params.seed, STREAM_UNLABELED, i, cfg.angle_range, params)
-            for i in tqdm(range(cfg.unlabeled), desc="phantom unlabeled", leave=False)]
+            for i in progress(range(cfg.unlabeled), desc="phantom unlabeled", unit="img")]
     pool_df = _write_set(pool, unlabeled, [f"pool-{i:05d}.png" for i in range(cfg.unlabeled)])
     # The pool is unlabeled for the loop; angles stay in its metadata for audits only.
     pool_df = pool_df.drop(columns="label") if len(pool_df) else pd.DataFrame(
@@ -103,7 +118,7 @@ def run(params: Params, *, out_dir: Path) -> PhantomOutputs:
     n_stale = _remove_stale(labeled, set(lab_df.file_name)) + _remove_stale(unlabeled, set(pool_df.file_name))
     counts = lab_df.label.value_counts()
     metrics = {"n_labeled": float(len(lab_df)), "n_unlabeled": float(len(pool_df)), "n_stale_removed": n_stale,
-               **{f"n_{c}": float(counts.get(c, 0)) for c in cfg.classes}}
+               **{f"n_{c}": float(counts.get(c, 0)) for c in params.classes}}
     log.info("phantom: %d labeled (%s), %d unlabeled in %s", len(lab_df), dict(counts), len(pool_df), out_dir)
     return PhantomOutputs(labeled=labeled, unlabeled=unlabeled, metrics=metrics)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401  (torchvision guard before diffusers)
+from tasks.diffusion.prompts import class_prompt
 from tasks.diffusion.training import check_finite, denoising_loss, load_images, make_accelerator
 from tasks.io import atomic_write_json, clean_stale_temp, save_png_atomic
 from tasks.params import Params
@@ -88,14 +89,14 @@ def _lr_schedule(optimizer: Any, warmup: int, total: int) -> Any:
 def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int) -> dict[str, float]:
     """Train the tiny VAE as a KL autoencoder on ``images``; return its final reconstruction MSE."""
     import torch
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     sched = _lr_schedule(opt, cfg.warmup_steps, cfg.vae_steps)
     vae.train()
     recent: list[float] = []
-    for step in tqdm(range(cfg.vae_steps), desc="pretrain vae", disable=None):
+    for step in progress(range(cfg.vae_steps), desc="pretrain vae", unit="step"):
         x = images[torch.randint(0, len(images), (cfg.vae_batch_size,), generator=gen)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
@@ -131,17 +132,22 @@ def set_latent_scale(vae: Any, means: Any) -> float:
     return scale
 
 
-def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int) -> dict[str, float]:
-    """Pretrain the UNet to denoise pool latents under the generic caption (with caption dropout)."""
+def pretrain_caption(params: Params) -> str:
+    """The one caption of every pretraining image: ``pretrain.caption``, else the class prompt of the data set."""
+    return params.pretrain.caption or class_prompt(params.caption.thing)
+
+
+def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, caption: str) -> dict[str, float]:
+    """Pretrain the UNet to denoise the images' latents under ``caption`` (with caption dropout)."""
     import torch
     from diffusers import DDPMScheduler
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     from tasks.diffusion.prompts import encode_prompts
 
     accelerator = make_accelerator(cfg.precision)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    cond, uncond = encode_prompts(pipe, [cfg.caption, ""]).split(1)
+    cond, uncond = encode_prompts(pipe, [caption, ""]).split(1)
     scale = pipe.vae.config.scaling_factor
     unet = pipe.unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
@@ -150,7 +156,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int) -> di
     gen = torch.Generator().manual_seed(seed + 1)
     recent: list[float] = []
     start = time.perf_counter()
-    for step in tqdm(range(cfg.steps), desc="pretrain unet", disable=None):
+    for step in progress(range(cfg.steps), desc="pretrain unet", unit="step"):
         idx = torch.randint(0, len(means), (cfg.batch_size,), generator=gen)
         eps = torch.randn(means[idx].shape, generator=gen)
         latents = ((means[idx] + stds[idx] * eps) * scale).to(accelerator.device)
@@ -203,9 +209,9 @@ def pretrain_tiny(params: Params, pool: Path, out_dir: Path) -> PretrainOutputs:
     metrics["vae_seconds"] = time.perf_counter() - start
     means, stds = encode_pool(pipe.vae, images)
     metrics["vae_scaling_factor"] = set_latent_scale(pipe.vae, means)
-    metrics.update(train_unet(pipe, means, stds, cfg, params.seed))
+    metrics.update(train_unet(pipe, means, stds, cfg, params.seed, pretrain_caption(params)))
     folder = save_pipeline(pipe, out_dir / "pipeline")
-    grid = sample_grid(pipe, cfg.caption, params.seed, cfg.sample_images, cfg.sample_steps)
+    grid = sample_grid(pipe, pretrain_caption(params), params.seed, cfg.sample_images, cfg.sample_steps)
     save_png_atomic(grid, out_dir / "samples.png")
     (out_dir / "base.json").unlink(missing_ok=True)
     atomic_write_json(out_dir / "pipeline.json", {"base_model": "tiny", "hash": model_hash(folder),

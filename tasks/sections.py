@@ -39,10 +39,49 @@ class Paths(Section):
         return Paths(**{k: (v if v.is_absolute() else root / v) for k, v in self.__dict__.items()})
 
 
-class Phantom(Section):
-    """Procedural hip-phantom X-rays: the embedded default data set, labels known by construction."""
+#: The demo's class names (low → high hip angle) when ``dataset.classes`` is null and the source is the phantom.
+PHANTOM_CLASSES: tuple[str, ...] = ("small", "big")
 
-    classes: tuple[str, ...] = ("small", "big")
+
+class Dataset(Section):
+    """What the loop learns from: the embedded phantom demo, or the user's own images at ``paths.raw``.
+
+    ``Params.classes`` is the one accessor of the class tuple: ``classes`` when set, else (source ``folder``) the
+    class folder names / metadata.csv labels of ``paths.raw`` sorted by name, else the demo's ``PHANTOM_CLASSES``.
+    """
+
+    source: Literal["phantom", "folder"] = "phantom"
+    classes: tuple[str, ...] | None = None
+    #: Ordinal classes (e.g. scores 1-4, in the order of ``classes``): evaluate adds quadratic kappa and MAE.
+    ordered: bool = False
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None:
+            check_class_names(v, "dataset.classes")
+        return v
+
+
+def check_class_names(classes: tuple[str, ...], where: str) -> None:
+    """Raise ValueError unless ``classes`` has at least two distinct, non-empty names (``where`` says whence)."""
+    if len(classes) < 2:
+        raise ValueError(f"{where} needs at least two classes, got {list(classes)}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{where} has duplicates: {list(classes)}")
+    if any(not c.strip() for c in classes):
+        raise ValueError(f"{where} has an empty class name: {list(classes)}")
+    if "reject" in classes:  # tasks.tables.REJECT: the review label of an unusable image
+        raise ValueError(f"{where}: 'reject' is reserved for the review decision, rename that class")
+
+
+class Phantom(Section):
+    """Procedural hip-phantom X-rays: the embedded demo (``dataset.source: phantom``), labels known by construction.
+
+    Its class names are ``dataset.classes``; ``thresholds`` holds one cut point between each two of them (checked
+    in ``Params``, which sees both sections).
+    """
+
     thresholds: tuple[float, ...] = (105.0,)
     angle_range: tuple[float, float] = (88.0, 122.0)
     image_size: int = Field(64, ge=32, le=1024)
@@ -50,16 +89,9 @@ class Phantom(Section):
     unlabeled: int = Field(3000, ge=0)
 
     @model_validator(mode="after")
-    def _classes_match_thresholds(self) -> "Phantom":
-        if len(self.classes) < 2:
-            raise ValueError("phantom.classes needs at least two classes")
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"phantom.classes has duplicates: {list(self.classes)}")
-        if len(self.thresholds) != len(self.classes) - 1:
-            raise ValueError(
-                f"phantom.thresholds needs len(classes)-1 = {len(self.classes) - 1} cut points, "
-                f"got {len(self.thresholds)}"
-            )
+    def _thresholds_in_range(self) -> "Phantom":
+        if not self.thresholds:
+            raise ValueError("phantom.thresholds needs at least one cut point")
         if list(self.thresholds) != sorted(self.thresholds):
             raise ValueError("phantom.thresholds must be increasing")
         lo, hi = self.angle_range
@@ -90,7 +122,7 @@ class Ingest(Section):
 
 
 class Caption(Section):
-    template: str = "X-ray of a dog hip, {label} hip angle"
+    template: str = "photo of a {thing}, {label}"
     thing: str = "hip xray"
     instance_token: str = "zwx"
     #: prompts.json also gets a negative prompt per class: the other classes' instance prompts. Generation and the
@@ -107,7 +139,8 @@ class Caption(Section):
 
 
 class Pretrain(Section):
-    """The base generator: ``tiny`` is pretrained here on the unlabeled pool; anything else is referenced."""
+    """The base generator: ``tiny`` is pretrained here on the data set's own trainval images (+ ``pool``); a
+    hub/folder base (SD1.5) is referenced as it is."""
 
     base_model: str = "tiny"  # "tiny", a local diffusers folder, or a hub id (runwayml/stable-diffusion-v1-5)
     variant: str = ""  # weight variant of a hub/folder base, e.g. "fp16" for SD1.5 ("" = default files)
@@ -115,7 +148,11 @@ class Pretrain(Section):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-4, gt=0)
     warmup_steps: int = Field(50, ge=0)
-    caption: str = "X-ray of a dog hip"
+    #: Extra unlabeled images (a folder, optionally with metadata.csv) besides the trainval split; null = none
+    #: (with dataset.source phantom: the demo's unlabeled pool, paths.phantom/unlabeled). See Params.pretrain_pool.
+    pool: Path | None = None
+    #: The one caption of every pretraining image; null = caption's class prompt ("photo of a <caption.thing>").
+    caption: str | None = None
     caption_dropout: float = Field(0.1, ge=0, lt=1)  # empty caption this often, so CFG has an unconditional
     vae_steps: int = Field(400, ge=0)  # the tiny VAE is first trained as an autoencoder on the pool
     vae_batch_size: int = Field(16, ge=1)
@@ -268,6 +305,32 @@ class Review(Section):
     port: int = Field(8765, ge=0, le=65535)
     #: How long a Prefect run waits paused at the checkpoint before it fails (resume later with `synthloop run`).
     pause_timeout_s: int = Field(7 * 24 * 3600, ge=10)
+    #: Decisions a person makes (None: every item). The queue spends them where they pay (tasks/review/budget.py).
+    budget: int | None = Field(None, ge=1)
+    #: What items past the budget get: the prompt's class, the prediction if its calibrated confidence >=
+    #: confidence_threshold (else dropped), or dropped (kept out of retraining).
+    beyond_budget: Literal["intended", "predicted-if-confident", "drop"] = "drop"
+    #: Random share of the queue always reviewed by a person (the unbiased estimate of each policy's error).
+    audit_share: float = Field(0.05, ge=0, le=1)
+    #: Share of the reviewed items that two different reviewers decide (inter-rater agreement).
+    overlap_share: float = Field(0.0, ge=0, le=1)
+    #: The page hides intended class, prediction and confidence until the item is decided (the reviewer can
+    #: toggle it with B; each decision's audit entry records whether it was blind).
+    blind: bool = False
+    #: The Label Studio origin (scheme://host:port) allowed to load /image/ cross-origin (CORS on image routes
+    #: only, never on the decision API); None: no cross-origin image access.
+    labelstudio_origin: str | None = None
+
+    @field_validator("labelstudio_origin")
+    @classmethod
+    def _one_origin(cls, v: str | None) -> str | None:
+        import re
+
+        origin = r"https?://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?"  # no path, no wildcard
+        if v is not None and not re.fullmatch(origin, v):
+            raise ValueError(f"review.labelstudio_origin must be one origin like http://127.0.0.1:8080 (scheme, "
+                             f"host, optional port; no path, no '*'), got {v!r}")
+        return v
 
 
 class Retrain(Section):

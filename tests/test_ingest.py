@@ -109,7 +109,7 @@ def test_class_mismatch_is_a_clear_error(params, tmp_path: Path) -> None:
     for i, img in enumerate(_phantoms(params, 3)["small"]):
         (raw / "small").mkdir(parents=True, exist_ok=True)
         (raw / "small" / f"{i}.png").write_bytes(png_bytes(img))
-    with pytest.raises(IngestError, match="phantom.classes"):
+    with pytest.raises(IngestError, match="dataset.classes"):
         ingest.run(params, raw=raw, out_dir=params.paths.ingest)
     with pytest.raises(FileNotFoundError, match="params.paths.raw"):
         ingest.run(params, raw=tmp_path / "nope", out_dir=params.paths.ingest)

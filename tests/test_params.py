@@ -51,7 +51,11 @@ def test_params_are_frozen():
         ({"generate": {"num_images": 0}}, "generate.num_images"),
         ({"ingest": {"split": {"train": 0.5, "val": 0.5, "test": 0.5}}}, "must sum to 1"),
         ({"phantom": {"thresholds": [100.0, 110.0]}}, "cut points"),
-        ({"phantom": {"classes": ["a", "a"], "thresholds": [105.0]}}, "duplicates"),
+        ({"dataset": {"classes": ["a", "a"]}}, "duplicates"),
+        ({"dataset": {"classes": ["a", "reject"]}}, "reserved"),
+        ({"dataset": {"source": "files"}}, "dataset.source"),
+        ({"dataset": {"source": "folder"}}, "no reference labeler"),
+        ({"dataset": {"source": "folder"}, "review": {"mode": "manual"}}, "inside paths.phantom"),
         ({"caption": {"instance_token": "two words"}}, "single word"),
         ({"evaluate": {"seeds": [1]}}, "at least two distinct seeds"),
         ({"review": {"mode": "maybe"}}, "review.mode"),
@@ -106,3 +110,48 @@ def test_per_image_training_needs_caption_prompts_for_generation(tmp_path) -> No
         make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"}})
     ok = make_params(tmp_path, {"dreambooth": {"caption_mode": "per_image"}, "generate": {"prompt_source": "captions"}})
     assert ok.generate.prompt_source == "captions"
+
+
+def _folder_params(tmp_path: Path, dataset: dict | None = None):
+    from conftest import make_params
+
+    p = make_params(tmp_path, {"dataset": {"source": "folder", **(dataset or {})}, "review": {"mode": "manual"},
+                               "paths": {"raw": "mine"}})
+    return p
+
+
+def test_classes_come_from_the_folder_sorted_by_name(tmp_path: Path) -> None:
+    p = _folder_params(tmp_path)
+    for name in ("score_3", "score_1", "score_2", ".hidden"):
+        (p.paths.raw / name).mkdir(parents=True)
+    (p.paths.raw / "loose.png").write_bytes(b"x")  # a file is no class (ingest quarantines it)
+    assert p.classes == ("score_1", "score_2", "score_3")
+    assert p.pretrain_pool() is None, "user data has no phantom pool"
+    listed = _folder_params(tmp_path, {"classes": ["score_3", "score_1"], "ordered": True})
+    assert listed.classes == ("score_3", "score_1") and listed.ordered
+
+
+def test_classes_come_from_metadata_labels(tmp_path: Path) -> None:
+    p = _folder_params(tmp_path)
+    p.paths.raw.mkdir(parents=True)
+    (p.paths.raw / "metadata.csv").write_text("file_name,label\na.png,zeta\nb.png, alpha\nc.png,zeta\nd.png,\n")
+    assert p.classes == ("alpha", "zeta")
+
+
+def test_unreadable_classes_are_a_clear_error(tmp_path: Path) -> None:
+    p = _folder_params(tmp_path)
+    with pytest.raises(ParamsError, match="paths.raw.*is not a folder"):
+        p.classes
+    (p.paths.raw / "only").mkdir(parents=True)
+    with pytest.raises(ParamsError, match="at least two classes"):
+        p.classes
+    (p.paths.raw / "metadata.csv").write_text("file_name,klass\na.png,x\n")
+    with pytest.raises(ParamsError, match="no 'label' column"):
+        p.classes
+
+
+def test_phantom_demo_defaults(tmp_path: Path) -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.dataset.source == "phantom" and params.classes == ("small", "big") and params.ordered
+    assert params.pretrain_pool() == params.paths.phantom / "unlabeled"
+    assert "hip" not in params.caption.template, "the default template must not assume hip X-rays"

@@ -38,20 +38,30 @@ def test_run_is_deterministic_by_seed(tmp_path: Path) -> None:
 
 
 def test_run_supports_four_ordered_classes(tmp_path: Path) -> None:
-    p = make_params(tmp_path, {"phantom": {"classes": ["1", "2", "3", "4"], "thresholds": [96, 104, 112],
-                                           "per_class": 5, "unlabeled": 0}})
+    p = make_params(tmp_path, {"dataset": {"classes": ["1", "2", "3", "4"]},
+                               "phantom": {"thresholds": [96, 104, 112], "per_class": 5, "unlabeled": 0}})
     meta = pd.read_csv(phantom.run(p, out_dir=p.paths.phantom).labeled / "metadata.csv", dtype={"label": str})
     assert meta.label.value_counts().to_dict() == {"1": 5, "2": 5, "3": 5, "4": 5}
     assert meta.groupby("label").angle.max().is_monotonic_increasing
 
 
-@pytest.mark.parametrize("phantom_over, match", [
-    ({"thresholds": [110.0, 100.0], "classes": ["a", "b", "c"]}, "increasing"),
-    ({"thresholds": [100.0, 110.0]}, "cut points"),
-    ({"thresholds": [130.0]}, "inside angle_range"),
-    ({"classes": ["a", "a"]}, "duplicates"),
-    ({"image_size": 8}, "phantom.image_size"),
+@pytest.mark.parametrize("over, match", [
+    ({"phantom": {"thresholds": [110.0, 100.0]}, "dataset": {"classes": ["a", "b", "c"]}}, "increasing"),
+    ({"phantom": {"thresholds": [100.0, 110.0]}}, "cut points"),
+    ({"phantom": {"thresholds": [105.0]}, "dataset": {"classes": ["a", "b", "c"]}}, "cut points"),
+    ({"phantom": {"thresholds": [130.0]}}, "inside angle_range"),
+    ({"dataset": {"classes": ["a", "a"]}}, "duplicates"),
+    ({"phantom": {"image_size": 8}}, "phantom.image_size"),
 ])
-def test_phantom_params_validation_names_the_problem(tmp_path: Path, phantom_over, match) -> None:
+def test_phantom_params_validation_names_the_problem(tmp_path: Path, over, match) -> None:
     with pytest.raises(ParamsError, match=match):
-        make_params(tmp_path, {"phantom": phantom_over})
+        make_params(tmp_path, over)
+
+
+def test_run_with_folder_source_makes_no_phantoms(tmp_path: Path) -> None:
+    p = make_params(tmp_path, {"dataset": {"source": "folder"}, "review": {"mode": "manual"},
+                               "paths": {"raw": "mine"}})
+    out = phantom.run(p, out_dir=p.paths.phantom)
+    assert out.labeled is None and out.unlabeled is None and out.metrics["skipped"] == 1.0
+    assert [f.name for f in p.paths.phantom.iterdir()] == [phantom.SKIPPED_FILE]
+    assert "dataset.source is folder" in (p.paths.phantom / phantom.SKIPPED_FILE).read_text()

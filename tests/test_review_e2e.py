@@ -27,7 +27,7 @@ from conftest import REPO, free_port
 from tasks.review.audit import read_audit
 
 REVIEWER = "Dr. Ann O'Neil <vet>"  # stored as typed, shown as text
-CLASSES = ["small", "big"]  # phantom.classes in params.yaml: hotkey 1 = small, 2 = big
+CLASSES = ["small", "big"]  # the demo's classes (dataset.classes null): hotkey 1 = small, 2 = big
 
 
 def _log_tail(log: Path, n: int = 6000) -> str:

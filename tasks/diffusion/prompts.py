@@ -9,6 +9,12 @@ from typing import Any
 PROMPT_SEPARATOR = " | "
 
 
+def class_prompt(thing: str) -> str:
+    """The class prompt of DreamBooth's prior preservation (``photo of a <thing>``): what any image of the data set
+    shows, hence also the caption pretrain teaches the base when ``pretrain.caption`` is null."""
+    return f"photo of a {thing}"
+
+
 def encode_prompts(pipe: Any, prompts: list[str]) -> Any:
     """Text-encoder hidden states for ``prompts`` (padded to the tokenizer's max length), as the UNet wants them."""
     import torch

@@ -190,7 +190,7 @@ def reference_label(image: Image.Image, params: Params) -> str:
     lo, hi = params.phantom.angle_range
     if not lo - ANGLE_SLACK < mean < hi + ANGLE_SLACK:
         return REJECT
-    return label_for_angle(mean, params.phantom.thresholds, params.phantom.classes)
+    return label_for_angle(mean, params.phantom.thresholds, params.classes)
 
 
 def reference_labels(images: Iterable[Image.Image], params: Params) -> list[str]:

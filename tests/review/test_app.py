@@ -130,7 +130,7 @@ def test_user_text_is_escaped_in_the_page_and_stored_verbatim(p):
 
 
 def test_class_names_with_markup_are_escaped(tmp_path):
-    weird = make_params(tmp_path, {"review": {"mode": "manual"}, "phantom": {"classes": ["<b>s</b>", "big"]}})
+    weird = make_params(tmp_path, {"review": {"mode": "manual"}, "dataset": {"classes": ["<b>s</b>", "big"]}})
     write_review_inputs(weird, items=[("<b>s</b>", "big", 0.9), ("big", "big", 0.8)])
     page = TestClient(create_app(weird), base_url=BASE).get("/").text
     assert "<b>s</b>" not in page and "\\u003cb\\u003es\\u003c/b\\u003e" in page
