@@ -6,15 +6,14 @@ The steps, in ``run`` order, and where they live (tasks/intake/):
    [,group][,...extra]); paths must stay inside the data root (discover.py).
 2. ``_decode_all`` / ``process_record``: each file checked (type, header dimensions vs ``ingest.max_pixels``
    before any pixel is decoded), decoded, normalised (EXIF, mode L/RGB, resize + centre crop to
-   ``ingest.image_size``) and hashed (decode.py); only regular files inside the root are ever opened (walk.py).
+   ``ingest.image_size``) and hashed (decode.py).
 3. exact duplicates dropped, near duplicates (pHash distance ≤ ``ingest.near_duplicate_distance``) grouped
    (dedupe.py).
 4. ``_apply_splits``: the input's ``split`` column, else a stratified split of whole groups (split.py).
 5. ``_write_outputs``: images, manifests, then ``quarantine.csv`` and ``duplicates.csv``; ``_metrics``.
 
-A file that fails a check is quarantined with a one-line reason in ``quarantine.csv``; the rest is processed and
-the stage still succeeds. Every entry found is accounted for: ``n_input = n_ok + n_quarantined + n_duplicates``
-(checked before anything is written). Same input and params → byte-identical outputs.
+A file that fails a check is quarantined with its reason in ``quarantine.csv``; the rest is processed and the
+stage still succeeds. Same input and params → byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -27,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tasks.progress import progress
+from tqdm import tqdm
 
-from tasks.intake.decode import conversion_notes, load_image, normalise, phash_hex, pixel_sha256
+from tasks.intake.decode import load_image, normalise, phash_hex, pixel_sha256
 from tasks.intake.dedupe import drop_exact_duplicates, group_duplicates, near_duplicate_report
 from tasks.intake.discover import BadImage, IngestError, Record, discover, nfc
-from tasks.intake.walk import one_line, read_regular, shown
 from tasks.intake.split import assign_splits
 from tasks.io import atomic_write_bytes, atomic_write_csv, clean_stale_temp, restore_numeric
 from tasks.params import Params
@@ -42,10 +40,9 @@ from tasks.validation import validate
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-#: Manifest columns the stage computes; user metadata columns of the same name are replaced. ``ingest_note``: the
-#: choices made converting the file (frame used, DICOM window, ...; tasks/intake/decode.py), "" when none.
+#: Manifest columns the stage computes; user metadata columns of the same name are replaced.
 MANIFEST_COLUMNS = ["file_name", "label", "split", "source", "sha256", "phash", "group", "width", "height",
-                    "caption", "ingest_note"]
+                    "caption"]
 _SAFE_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]*$")
 
 
@@ -78,20 +75,16 @@ def _check_classes(found: set[str], classes: tuple[str, ...]) -> None:
 def process_record(rec: Record, params: Params) -> tuple[dict[str, Any], bytes]:
     """Decode, normalise and hash one record; return its manifest row (without split/group) and PNG bytes."""
     cfg = params.ingest
-    data = read_regular(rec.path)
-    decoded = load_image(data, Path(rec.disk_name).suffix, cfg.max_pixels, multi_frame=cfg.multi_frame,
-                         dicom_window=cfg.dicom_window)
-    img = decoded.image
+    data = rec.path.read_bytes()
+    img = load_image(data, rec.path.suffix, cfg.max_pixels)
     orig_w, orig_h = img.size
-    notes = decoded.notes + conversion_notes(img)
     out = normalise(img, cfg.image_size, cfg.channels)
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=False)
     extra = {k: v for k, v in rec.meta.items() if k not in MANIFEST_COLUMNS}
     row = {"label": rec.label, "source": rec.source, "sha256": pixel_sha256(out), "phash": phash_hex(out),
            "width": out.width, "height": out.height, "orig_width": orig_w, "orig_height": orig_h,
-           "caption": rec.meta.get("caption", ""), "ingest_note": "; ".join(notes),
-           "user_split": rec.meta.get("split", "").strip(),
+           "caption": rec.meta.get("caption", ""), "user_split": rec.meta.get("split", "").strip(),
            "group_key": rec.meta.get("group", "").strip(), **extra}
     return row, buf.getvalue()
 
@@ -99,7 +92,7 @@ def process_record(rec: Record, params: Params) -> tuple[dict[str, Any], bytes]:
 def _decode_all(records: list[Record], params: Params) -> tuple[pd.DataFrame, dict[str, bytes], list[dict]]:
     rows, pngs, bad = [], {}, []
     known = set(params.classes)
-    for rec in progress(records, desc="ingest", unit="file"):
+    for rec in tqdm(records, desc="ingest", leave=False):
         if rec.label not in known:
             bad.append({"source": rec.source, "reason": f"unknown label {rec.label!r}"})
             continue
@@ -107,10 +100,6 @@ def _decode_all(records: list[Record], params: Params) -> tuple[pd.DataFrame, di
             row, png = process_record(rec, params)
         except BadImage as err:
             bad.append({"source": rec.source, "reason": str(err)})
-            continue
-        except Exception as err:  # a decoder bug must not end the stage: the file is quarantined, the trace logged
-            log.warning("ingest: unexpected error on %s", rec.source, exc_info=True)
-            bad.append({"source": rec.source, "reason": f"unexpected error: {type(err).__name__}: {err}"})
             continue
         rows.append(row)
         pngs[rec.source] = png
