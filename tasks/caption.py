@@ -33,7 +33,8 @@ SPLITS = ("train", "val")
 #: Ingest bookkeeping that means nothing to a captioned data set; every other manifest column is carried over.
 #: Columns caption writes itself; the rest (user metadata such as angles) may be numbers.
 CORE_COLUMNS = ("file_name", "text", "label", "caption_source", "source")
-DROPPED_COLUMNS = ("split", "sha256", "phash", "group", "width", "height", "orig_width", "orig_height", "caption")
+DROPPED_COLUMNS = ("split", "sha256", "phash", "group", "width", "height", "orig_width", "orig_height", "caption",
+                   "ingest_note")
 
 
 class CaptionError(StageError):

@@ -6,14 +6,15 @@ The steps, in ``run`` order, and where they live (tasks/intake/):
    [,group][,...extra]); paths must stay inside the data root (discover.py).
 2. ``_decode_all`` / ``process_record``: each file checked (type, header dimensions vs ``ingest.max_pixels``
    before any pixel is decoded), decoded, normalised (EXIF, mode L/RGB, resize + centre crop to
-   ``ingest.image_size``) and hashed (decode.py).
+   ``ingest.image_size``) and hashed (decode.py); only regular files inside the root are ever opened (walk.py).
 3. exact duplicates dropped, near duplicates (pHash distance ≤ ``ingest.near_duplicate_distance``) grouped
    (dedupe.py).
 4. ``_apply_splits``: the input's ``split`` column, else a stratified split of whole groups (split.py).
 5. ``_write_outputs``: images, manifests, then ``quarantine.csv`` and ``duplicates.csv``; ``_metrics``.
 
-A file that fails a check is quarantined with its reason in ``quarantine.csv``; the rest is processed and the
-stage still succeeds. Same input and params → byte-identical outputs.
+A file that fails a check is quarantined with a one-line reason in ``quarantine.csv``; the rest is processed and
+the stage still succeeds. Every entry found is accounted for: ``n_input = n_ok + n_quarantined + n_duplicates``
+(checked before anything is written). Same input and params → byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
+from tasks.progress import progress
 
-from tasks.intake.decode import load_image, normalise, phash_hex, pixel_sha256
+from tasks.intake.decode import conversion_notes, load_image, normalise, phash_hex, pixel_sha256
 from tasks.intake.dedupe import drop_exact_duplicates, group_duplicates, near_duplicate_report
 from tasks.intake.discover import BadImage, IngestError, Record, discover, nfc
+from tasks.intake.walk import one_line, read_regular, shown
 from tasks.intake.split import assign_splits
 from tasks.io import atomic_write_bytes, atomic_write_csv, clean_stale_temp, restore_numeric
 from tasks.params import Params
@@ -40,9 +43,10 @@ from tasks.validation import validate
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-#: Manifest columns the stage computes; user metadata columns of the same name are replaced.
+#: Manifest columns the stage computes; user metadata columns of the same name are replaced. ``ingest_note``: the
+#: choices made converting the file (frame used, DICOM window, ...; tasks/intake/decode.py), "" when none.
 MANIFEST_COLUMNS = ["file_name", "label", "split", "source", "sha256", "phash", "group", "width", "height",
-                    "caption"]
+                    "caption", "ingest_note"]
 _SAFE_CLASS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_. -]*$")
 
 
@@ -75,16 +79,20 @@ def _check_classes(found: set[str], classes: tuple[str, ...]) -> None:
 def process_record(rec: Record, params: Params) -> tuple[dict[str, Any], bytes]:
     """Decode, normalise and hash one record; return its manifest row (without split/group) and PNG bytes."""
     cfg = params.ingest
-    data = rec.path.read_bytes()
-    img = load_image(data, rec.path.suffix, cfg.max_pixels)
+    data = read_regular(rec.path)
+    decoded = load_image(data, Path(rec.disk_name).suffix, cfg.max_pixels, multi_frame=cfg.multi_frame,
+                         dicom_window=cfg.dicom_window)
+    img = decoded.image
     orig_w, orig_h = img.size
+    notes = decoded.notes + conversion_notes(img)
     out = normalise(img, cfg.image_size, cfg.channels)
     buf = io.BytesIO()
     out.save(buf, format="PNG", optimize=False)
     extra = {k: v for k, v in rec.meta.items() if k not in MANIFEST_COLUMNS}
     row = {"label": rec.label, "source": rec.source, "sha256": pixel_sha256(out), "phash": phash_hex(out),
            "width": out.width, "height": out.height, "orig_width": orig_w, "orig_height": orig_h,
-           "caption": rec.meta.get("caption", ""), "user_split": rec.meta.get("split", "").strip(),
+           "caption": rec.meta.get("caption", ""), "ingest_note": "; ".join(notes),
+           "user_split": rec.meta.get("split", "").strip(),
            "group_key": rec.meta.get("group", "").strip(), **extra}
     return row, buf.getvalue()
 
@@ -92,7 +100,7 @@ def process_record(rec: Record, params: Params) -> tuple[dict[str, Any], bytes]:
 def _decode_all(records: list[Record], params: Params) -> tuple[pd.DataFrame, dict[str, bytes], list[dict]]:
     rows, pngs, bad = [], {}, []
     known = set(params.classes)
-    for rec in tqdm(records, desc="ingest", leave=False):
+    for rec in progress(records, desc="ingest", unit="file"):
         if rec.label not in known:
             bad.append({"source": rec.source, "reason": f"unknown label {rec.label!r}"})
             continue
@@ -100,6 +108,10 @@ def _decode_all(records: list[Record], params: Params) -> tuple[pd.DataFrame, di
             row, png = process_record(rec, params)
         except BadImage as err:
             bad.append({"source": rec.source, "reason": str(err)})
+            continue
+        except Exception as err:  # a decoder bug must not end the stage: the file is quarantined, the trace logged
+            log.warning("ingest: unexpected error on %s", rec.source, exc_info=True)
+            bad.append({"source": rec.source, "reason": f"unexpected error: {type(err).__name__}: {err}"})
             continue
         rows.append(row)
         pngs[rec.source] = png
@@ -148,10 +160,11 @@ def run(params: Params, *, raw: Path, out_dir: Path) -> IngestOutputs:
     raw, out_dir = Path(raw), Path(out_dir)
     clean_stale_temp(out_dir)
     records, bad = discover(raw)
+    n_input = len(records) + len(bad)  # every entry found is a record or a quarantine row
     df, pngs, bad_files = _decode_all(records, params)
     bad += bad_files
     if df.empty:
-        raise IngestError(f"no usable images in {raw}: {len(bad)} quarantined (see reasons in the log)")
+        raise IngestError(f"no usable images in {raw}: {len(bad)} quarantined; {_top_reasons(bad)}")
     _check_classes(set(df["label"]), params.classes)
     df, exact_report, conflicts = drop_exact_duplicates(df)
     df = group_duplicates(df, params.ingest.near_duplicate_distance)
@@ -162,13 +175,14 @@ def run(params: Params, *, raw: Path, out_dir: Path) -> IngestOutputs:
     if empty:
         raise IngestError(f"split(s) {empty} would be empty with {len(df)} usable images; add images or change "
                           f"ingest.split (or the split column of metadata.csv)")
+    quarantine = quarantine_table(bad)
+    check_accounting(n_input, len(df), len(quarantine), len(exact_report))
     _write_outputs(df, pngs, out_dir, params.classes)
-    quarantine = pd.DataFrame(sorted(bad, key=lambda r: r["source"]), columns=["source", "reason"])
     atomic_write_csv(out_dir / "quarantine.csv", quarantine)
     near = near_duplicate_report(df, params.ingest.near_duplicate_distance)
     duplicates = pd.concat([exact_report, near], ignore_index=True) if len(near) else exact_report
     atomic_write_csv(out_dir / "duplicates.csv", duplicates)
-    metrics = _metrics(df, quarantine, exact_report, len(records))
+    metrics = _metrics(df, quarantine, exact_report, len(records), n_input)
     for row in quarantine.itertuples():
         log.warning("ingest: quarantined %s: %s", row.source, row.reason)
     log.info("ingest: %s", metrics)
@@ -176,9 +190,32 @@ def run(params: Params, *, raw: Path, out_dir: Path) -> IngestOutputs:
                          out_dir / "duplicates.csv", metrics)
 
 
-def _metrics(df: pd.DataFrame, quarantine: pd.DataFrame, exact: pd.DataFrame, n_records: int) -> dict[str, float]:
+def quarantine_table(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """The quarantine rows as a validated table sorted by source: each source and reason one printable line."""
+    table = pd.DataFrame([{"source": shown(r["source"]), "reason": one_line(r["reason"])} for r in rows],
+                         columns=["source", "reason"])
+    table = table.sort_values(["source", "reason"], kind="stable").reset_index(drop=True)
+    if len(table):
+        validate(table, "ingest_quarantine", classes=())
+    return table
+
+
+def check_accounting(n_input: int, n_ok: int, n_quarantined: int, n_duplicates: int) -> None:
+    """Raise unless every entry found is accepted, quarantined or an exact duplicate (nothing lost)."""
+    if n_input != n_ok + n_quarantined + n_duplicates:
+        raise IngestError(f"ingest lost track of its input: {n_input} entries found but {n_ok} ok + {n_quarantined} "
+                          f"quarantined + {n_duplicates} duplicates = {n_ok + n_quarantined + n_duplicates}")
+
+
+def _top_reasons(rows: list[dict[str, str]], k: int = 5) -> str:
+    counts = Counter(one_line(r["reason"]) for r in rows).most_common(k)
+    return "most common reasons: " + "; ".join(f"{n}x {reason}" for reason, n in counts) if counts else "no entries"
+
+
+def _metrics(df: pd.DataFrame, quarantine: pd.DataFrame, exact: pd.DataFrame, n_records: int,
+             n_input: int) -> dict[str, float]:
     group_sizes = df.groupby("group").size()
-    metrics = {"n_records": n_records, "n_ok": len(df), "n_quarantined": len(quarantine),
+    metrics = {"n_input": n_input, "n_records": n_records, "n_ok": len(df), "n_quarantined": len(quarantine),
                "n_duplicates": len(exact), "n_near_duplicate_groups": int((group_sizes > 1).sum()),
                **{f"n_{s}": int((df["split"] == s).sum()) for s in SPLITS}}
     return {k: float(v) for k, v in metrics.items()}

@@ -148,10 +148,32 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 
 
 def tree_hash(folder: Path | str) -> str:
-    """Content hash of a folder: relative paths and file hashes, order-independent of the file system."""
+    """Content hash of a folder: relative paths and file hashes, order-independent of the file system.
+
+    Only regular files are read. A symlink is hashed by the path it holds, never followed (its target may be
+    outside the folder, e.g. /etc/passwd, or a FIFO); other non-regular entries (FIFO, socket, device) by their kind,
+    never opened (opening a FIFO blocks). Names that are not valid UTF-8 are hashed by their bytes.
+    """
+    import stat
+
     folder = Path(folder)
+    found: list[tuple[Path, int]] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(dirpath)
+        for name in dirnames + filenames:
+            try:
+                mode = os.lstat(base / name).st_mode
+            except FileNotFoundError:  # removed while walking: not part of the tree any more
+                continue
+            if not stat.S_ISDIR(mode) and not (stat.S_ISREG(mode) and name.startswith(TEMP_PREFIX)):
+                found.append((base / name, mode))
     h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file() and not q.name.startswith(TEMP_PREFIX)):
-        h.update(p.relative_to(folder).as_posix().encode())
-        h.update(sha256_file(p).encode())
+    for p, mode in sorted(found):
+        h.update(os.fsencode(p.relative_to(folder).as_posix()))
+        if stat.S_ISREG(mode):
+            h.update(sha256_file(p).encode())
+        elif stat.S_ISLNK(mode):
+            h.update(b"symlink:" + os.fsencode(os.readlink(p)))
+        else:
+            h.update(b"special:" + str(stat.S_IFMT(mode)).encode())
     return h.hexdigest()

@@ -119,6 +119,12 @@ class Ingest(Section):
     split: Split = Split()
     near_duplicate_distance: int = Field(6, ge=0, le=256)  # bits of the 256-bit pHash (tasks/intake/decode.py)
     max_pixels: int = Field(50_000_000, ge=1)
+    #: A multi-frame file (TIFF stack, animated GIF/PNG, multi-frame DICOM): use frame 1 and note it in the
+    #: manifest's ``ingest_note``, or quarantine the file (tasks/intake/decode.py).
+    multi_frame: Literal["first", "quarantine"] = "first"
+    #: Grayscale DICOM to 8 bit: ``voi`` applies its VOI LUT or first window centre/width when it has one (else
+    #: min/max); ``minmax`` always maps the image's own min/max (after the modality rescale) to 0..255.
+    dicom_window: Literal["voi", "minmax"] = "voi"
 
 
 class Caption(Section):

@@ -64,6 +64,13 @@ def _ingest_manifest(classes: Sequence[str]) -> list[Spec]:
             _between("width", 1, None), _between("height", 1, None)]
 
 
+def _ingest_quarantine(classes: Sequence[str]) -> list[Spec]:
+    # One entry per row, one line each: a reason or name with a line break would split a row for grep/less users.
+    one_line = [("ExpectColumnValuesToNotMatchRegex", {"column": c, "regex": r"[\r\n]"}) for c in ("source", "reason")]
+    return [*_exist("source", "reason"), *_not_null("source", "reason"), *one_line,
+            ("ExpectColumnValueLengthsToBeBetween", {"column": "reason", "min_value": 1, "max_value": None})]
+
+
 def _caption_metadata(classes: Sequence[str]) -> list[Spec]:
     cols = ("file_name", "text", "label")
     return [*_exist(*cols), *_not_null(*cols), _unique("file_name"), _relative_path("file_name"),
@@ -115,6 +122,7 @@ def _review_corrections(classes: Sequence[str]) -> list[Spec]:
 
 SUITES: dict[str, Callable[[Sequence[str]], list[Spec]]] = {
     "ingest_manifest": _ingest_manifest,
+    "ingest_quarantine": _ingest_quarantine,
     "caption_metadata": _caption_metadata,
     "generate_manifest": _generate_manifest,
     "predictions": _predictions,

@@ -45,8 +45,10 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 def make_dicom(arr: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0, intercept: float = 0.0,
-               window: tuple[float, float] | None = None) -> bytes:
-    """An uncompressed 16-bit DICOM file (bytes) with the given stored pixels and modality rescale."""
+               window: tuple[float, float] | None = None, voi_function: str | None = None) -> bytes:
+    """An uncompressed 16-bit DICOM file (bytes) with the given stored pixels and modality rescale.
+
+    A 3-d ``arr`` (frames, rows, columns) makes a multi-frame file."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -57,7 +59,11 @@ def make_dicom(arr: np.ndarray, photometric: str = "MONOCHROME2", slope: float =
     ds = FileDataset("test.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "DX"
-    ds.Rows, ds.Columns = arr.shape
+    ds.Rows, ds.Columns = arr.shape[-2:]
+    if arr.ndim == 3:
+        ds.NumberOfFrames = arr.shape[0]
+    if voi_function is not None:
+        ds.VOILUTFunction = voi_function
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
@@ -113,6 +119,7 @@ def build_folder_corpus(root: Path, good: dict[str, list[Image.Image]], outside:
         "small/readme.txt": "unsupported file type",
         "small/link.png": "symlink leaves the data root",
         f"small/{CAFE_NFD}.png": "unicode normalisation",
+        ".DS_Store": "hidden file",
     }
 
 
