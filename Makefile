@@ -19,6 +19,8 @@ export GX_ANALYTICS_ENABLED=false
 export HF_HUB_OFFLINE ?= 1
 # Prefect keeps its run history with the project, so `make ui` / `prefect flow-run ls` find the runs.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+# Prefect's in-process API server gets 20 s to start by default: too little on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test test-fast venv lock deps review ui benchmark clean-data
