@@ -33,7 +33,7 @@ from tasks.progress import progress
 from tasks.intake.decode import conversion_notes, load_image, normalise, phash_hex, pixel_sha256
 from tasks.intake.dedupe import drop_exact_duplicates, group_duplicates, near_duplicate_report
 from tasks.intake.discover import BadImage, IngestError, Record, discover, nfc
-from tasks.intake.walk import one_line, read_regular, shown
+from tasks.intake.walk import dvc_hazards, one_line, read_regular, shown
 from tasks.intake.split import assign_splits
 from tasks.io import atomic_write_bytes, atomic_write_csv, clean_stale_temp, restore_numeric
 from tasks.params import Params
@@ -161,6 +161,9 @@ def run(params: Params, *, raw: Path, out_dir: Path) -> IngestOutputs:
     clean_stale_temp(out_dir)
     records, bad = discover(raw)
     n_input = len(records) + len(bad)  # every entry found is a record or a quarantine row
+    for entry in dvc_hazards(raw):  # quarantined here, but `dvc repro` hashes raw itself before this stage runs
+        log.warning("ingest: %s/%s will stop or hang `dvc repro`: %s (move it out of paths.raw)", raw,
+                    shown(entry.rel), entry.problem)
     df, pngs, bad_files = _decode_all(records, params)
     bad += bad_files
     if df.empty:

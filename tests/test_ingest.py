@@ -239,3 +239,13 @@ def test_unreadable_metadata_csv_is_a_clear_error(params, tmp_path: Path) -> Non
     (raw / "metadata.csv").write_bytes(b"file_name,label\n\xff\xfe broken,\x00\n")
     with pytest.raises(IngestError, match="metadata.csv cannot be read as a UTF-8 CSV"):
         ingest.run(params, raw=raw, out_dir=params.paths.ingest)
+
+
+def test_quarantine_table_is_one_line_per_entry_and_the_suite_refuses_line_breaks() -> None:
+    rows = [{"source": os.fsdecode(b"a/x\xff\n.png"), "reason": "Unable to decode:\n  plugin: bad\n"},
+            {"source": "a/b.png", "reason": "empty file"}]
+    table = ingest.quarantine_table(rows)
+    assert table.to_dict("records") == [{"source": "a/b.png", "reason": "empty file"},
+                                        {"source": "a/x\\xff\\n.png", "reason": "Unable to decode: | plugin: bad"}]
+    with pytest.raises(ValidationFailed, match="ingest_quarantine"):
+        validate(pd.DataFrame({"source": ["a.png"], "reason": ["two\nlines"]}), "ingest_quarantine", classes=())

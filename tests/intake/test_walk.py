@@ -99,3 +99,29 @@ def test_read_regular_refuses_fifo_and_symlink_without_blocking(tmp_path: Path) 
 def test_unlistable_root_raises(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         list(walk.walk(tmp_path / "missing"))
+
+
+@pytest.mark.timeout(30)
+def test_dvc_hazards_lists_what_dvc_hashing_cannot_take_hidden_folders_included(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / "a" / "ok.png").write_bytes(b"x")
+    os.mkfifo(tmp_path / ".cache" / "pipe")
+    os.symlink("/etc/passwd", tmp_path / "a" / "passwd.png")
+    os.symlink("gone", tmp_path / "a" / "dangling.png")
+    os.symlink("ok.png", tmp_path / "a" / "fine.png")
+    with open(os.fsencode(tmp_path / "a") + b"/n\xe9.png", "wb") as fh:
+        fh.write(b"x")
+    assert {e.rel: e.problem for e in walk.dvc_hazards(tmp_path)} == {
+        ".cache/pipe": "named pipe (DVC blocks or fails on it)",
+        "a/dangling.png": "dangling or looping symlink (DVC stops)",
+        os.fsdecode(b"a/n\xe9.png"): "name is not valid UTF-8 (DVC stops)",
+        "a/passwd.png": "symlink leaves the folder (DVC reads its target)",
+    }
+
+
+def test_walk_cli_exit_status_says_whether_dvc_can_hash(tmp_path: Path) -> None:
+    (tmp_path / "ok.png").write_bytes(b"x")
+    assert walk.main([str(tmp_path)]) == 0
+    os.symlink("gone", tmp_path / "dangling.png")
+    assert walk.main([str(tmp_path)]) == 1
