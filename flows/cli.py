@@ -70,6 +70,19 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_params(args: argparse.Namespace) -> int:
+    """Update params.local.yaml when asked, then print the layers and what they change in params.yaml."""
+    from tasks.overrides import read_layers, record_resolved, write_local
+
+    if args.profile is not None or args.set or args.clear:
+        write_local(Path.cwd(), profile=args.profile, set_items=args.set, clear=args.clear)
+    layers, params = read_layers(Path.cwd()), record_resolved()
+    base = load_params(layers=False).flat()
+    changed = {k: v for k, v in params.flat().items() if base.get(k) != v}
+    print(json.dumps({"layers": layers.describe(), "changed": changed}, indent=2, default=str))
+    return 0
+
+
 def _cmd_review(args: argparse.Namespace) -> int:
     from tasks.review.app import serve
 
@@ -111,13 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole loop (Prefect flow over the DVC stages); re-runs only what changed")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="write a params override to params.yaml first, as `dvc exp run -S` does (repeatable)")
+                   help="a params override for this run only (repeatable); params.yaml is not rewritten")
     p.add_argument("--stages", nargs="+", choices=STAGES, help="run only these stages (in DAG order)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("stage", help="run one stage in this process (same as `python -m tasks.<stage>`)")
     p.add_argument("name", choices=STAGES)
     p.set_defaults(func=_cmd_stage)
+
+    p = sub.add_parser("params", help="show or change this checkout's params layers (params.local.yaml): a "
+                       "profile and overrides over params.yaml, which is never rewritten")
+    p.add_argument("--profile", metavar="NAME|FILE", help="use configs/NAME.yaml (or FILE) over params.yaml; "
+                   "'none' drops it")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="keep an override (repeatable)")
+    p.add_argument("--clear", action="store_true", help="drop the profile and every kept override first")
+    p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser("review", help="start the review web app on review.host:review.port (127.0.0.1)")
     p.set_defaults(func=_cmd_review)

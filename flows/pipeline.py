@@ -16,13 +16,16 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
-from tasks.params import STAGES, apply_overrides, load_params
+from tasks.overrides import record_resolved, run_overrides
+from tasks.params import STAGES, load_params
+from tasks.progress import PROGRESS_LINE
 from tasks.stage import EXIT_WAITING
 
 log = logging.getLogger(__name__)
@@ -37,13 +40,39 @@ def stage_is_current(stage: str) -> bool:
     return json.loads(out) == {}
 
 
-def _run_streaming(cmd: list[str]) -> tuple[int, str]:
-    """Run ``cmd``, echoing its output live (progress bars, logs) and keeping a copy to inspect."""
+#: Stages whose progress also becomes a Prefect progress artifact (the long ones a person waits for).
+PROGRESS_ARTIFACT_STAGES = ("dreambooth", "generate", "review")
+
+
+class _StageProgress:
+    """Forwards a stage process's progress lines (tasks/progress.py) to the Prefect log and, for the stages in
+    ``PROGRESS_ARTIFACT_STAGES``, to a progress artifact the UI shows on the flow run."""
+
+    def __init__(self, stage: str):
+        self.stage, self.logger, self.artifact = stage, get_run_logger(), None
+        if stage in PROGRESS_ARTIFACT_STAGES:
+            self.artifact = create_progress_artifact(0.0, key=f"{stage}-progress", description=f"{stage}: starting")
+
+    def __call__(self, line: str) -> None:
+        match = PROGRESS_LINE.search(line)
+        if match is None:
+            return
+        text = line[match.start():].strip()
+        self.logger.info("%s", text)
+        if self.artifact is not None:
+            update_progress_artifact(self.artifact, float(match["pct"]), description=text)
+
+
+def _run_streaming(cmd: list[str], on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Run ``cmd``, echoing its output live (progress lines, logs), passing each line to ``on_line`` and keeping a
+    copy to inspect."""
     lines: list[str] = []
     with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
         for line in proc.stdout:
             sys.stderr.write(line)
             lines.append(line)
+            if on_line is not None:
+                on_line(line)
     return proc.returncode, "".join(lines)
 
 
@@ -57,7 +86,8 @@ def run_stage(stage: str):
         logger.info("stage %s is up to date (dvc.lock matches): skipped", stage)
         return Completed(name="Skipped", message=f"{stage}: up to date in dvc.lock, not re-run", data="skipped")
     logger.info("running stage %s", stage)
-    returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage])
+    returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                                        on_line=_StageProgress(stage))
     if returncode == 0:
         if "is cached - skipping run" in output:
             # DVC's run cache had this exact stage (same code, params, data): outputs restored, nothing computed.
@@ -99,6 +129,8 @@ def _pause_for_review(params_path: str) -> None:
         logger.warning("review checkpoint: %d of %d generated images wait for a person. Review them at %s — "
                        "the flow resumes when the last one is decided (or use Resume in the Prefect UI).",
                        status["waiting"], status["total"], server.url)
+        create_progress_artifact(100.0 * status["decided"] / max(status["total"], 1), key="review-checkpoint",
+                                 description=f"review: {status['decided']} of {status['total']} decided at the pause")
         answer = pause_flow_run(
             wait_for_input=ReviewInput.with_initial_data(description=pause_description(status), reviewer=""),
             timeout=params.review.pause_timeout_s, key="review-checkpoint")
@@ -107,23 +139,48 @@ def _pause_for_review(params_path: str) -> None:
     logger.info("review checkpoint passed (reviewer: %s)", answer.reviewer or "unknown")
 
 
-def _report_artifact() -> None:
-    params = load_params()
-    report = params.paths.reports / "report.md"
-    if report.exists():
-        create_markdown_artifact(report.read_text(encoding="utf-8"), key="synthloop-report",
-                                 description="baseline vs retrained on the held-out real test set")
+def result_markdown(params) -> str | None:
+    """The end-of-run summary: the report's answer line, where the review decisions came from, links to the
+    report. None before evaluate has written report.md."""
+    from tasks.review.status import review_status
+
+    report = Path(params.paths.reports) / "report.md"
+    if not report.is_file():
+        return None
+    answer = next((line for line in report.read_text(encoding="utf-8").splitlines() if line.startswith("Answer")),
+                  "(the report has no answer line)")
+    review = review_status(params)
+    html = (Path(params.paths.reports) / "report.html").resolve()
+    return "\n".join([
+        "# synthloop: did synthetic data help?", "", answer, "",
+        f"**Review source:** `review.mode: {review['mode']}` — {review['decided']} of {review['total']} generated "
+        f"images decided ({review['waiting']} waiting).", "",
+        f"**Report:** [report.html]({html.as_uri()}) · `{report}`", ""])
+
+
+def _report_artifact(params) -> None:
+    text = result_markdown(params)
+    if text is not None:
+        create_markdown_artifact(text, key="synthloop-result",
+                                 description="the answer, the review source and the report of this loop")
 
 
 @flow(name="synthloop", log_prints=True)
 def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None = None) -> dict[str, str]:
-    """Run the loop in DAG order. ``set_params``: ``section.key=value`` overrides written to params.yaml first
-    (as ``dvc exp run -S`` does), e.g. ``["review.mode=reference"]`` for unattended scheduled runs."""
+    """Run the loop in DAG order. ``set_params``: ``section.key=value`` overrides for this run only, e.g.
+    ``["review.mode=reference"]`` for unattended scheduled runs: they reach the stages through ``SYNTHLOOP_SET`` and
+    params.resolved.yaml (tasks/overrides.py); params.yaml is never rewritten."""
+    with run_overrides(set_params):
+        return _loop(stages)
+
+
+def _loop(stages: list[str] | None) -> dict[str, str]:
+    """The flow run's body, with its overrides exported."""
     from prefect.runtime import flow_run
 
     from tasks.tracking import dvc_lock_tags, loop_run
 
-    params = apply_overrides("params.yaml", set_params) if set_params else load_params()
+    params = record_resolved()
     selected = [s for s in STAGES if not stages or s in stages]
     results: dict[str, str] = {}
     with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}) as run:
@@ -137,7 +194,7 @@ def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None
                 if results[stage] == "waiting":
                     raise RuntimeError("the review was resumed but items still wait; run `synthloop review`")
         run.set_tags(dvc_lock_tags())  # what exactly this loop produced, by content hash
-        _report_artifact()
+        _report_artifact(params)
     return results
 
 

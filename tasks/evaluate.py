@@ -56,11 +56,11 @@ def _stage_result(folder: Path) -> TrainResult:
 def run_arms(params: Params, train: pd.DataFrame, val_set: EvalSet, test_set: EvalSet, synthetic: pd.DataFrame,
              stage_models: dict[str, TrainResult]) -> pd.DataFrame:
     """Train (or reuse) every backbone × seed × arm and score it on val and test: one row per split."""
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     rows = []
     jobs = [(b, s, a) for b in params.evaluate.backbones for s in params.evaluate.seeds for a in ARMS]
-    for backbone, seed, arm in tqdm(jobs, desc="evaluate arms", disable=None):
+    for backbone, seed, arm in progress(jobs, desc="evaluate arms", unit="model"):
         synth = synthetic_arm(params, synthetic, len(train), seed) if arm == ARMS[1] else None
         reuse = backbone == params.baseline.backbone and seed == params.seed
         if reuse:

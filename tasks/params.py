@@ -182,12 +182,17 @@ def parse_params(data: dict[str, Any], source: str = "<dict>") -> Params:
         raise ParamsError(_format_error(source, err)) from None
 
 
-def load_params(path: Path | str | None = None) -> Params:
+def load_params(path: Path | str | None = None, *, layers: bool = True) -> Params:
     """Load params from ``path``, else ``params.yaml`` in the working directory (as DVC does).
 
-    Profiles (configs/*.yaml) are complete params files: copy one over params.yaml so DVC and the code read
-    the same file (see README, "Profiles").
+    With ``layers`` (the default) the checkout's profile and overrides are applied on top (``params.local.yaml``,
+    ``$SYNTHLOOP_SET``: tasks/overrides.py), so every caller sees the values the stages run with;
+    ``layers=False`` reads the file alone.
     """
+    if layers:
+        from tasks.overrides import load_layered
+
+        return load_layered(path)[0]
     path = Path(path or PARAMS_FILE)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
+from tasks.progress import progress
 
 from tasks.io import atomic_write_csv, atomic_write_json, clean_stale_temp, save_png_atomic
 from tasks.params import Params
@@ -104,11 +104,11 @@ def run(params: Params, *, out_dir: Path) -> PhantomOutputs:
     labeled, unlabeled = out_dir / "labeled", out_dir / "unlabeled"
     plan = labeled_plan(params)
     records = [make_record(params.seed, STREAM_LABELED, i, class_interval(k, cfg.thresholds, cfg.angle_range),
-                           params) for i, k in tqdm(plan, desc="phantom labeled", leave=False)]
+                           params) for i, k in progress(plan, desc="phantom labeled", unit="img")]
     names = [f"{meta['label']}/hip-{i:05d}.png" for (i, _), (_, meta) in zip(plan, records)]
     lab_df = _write_set(records, labeled, names)
     pool = [make_record(params.seed, STREAM_UNLABELED, i, cfg.angle_range, params)
-            for i in tqdm(range(cfg.unlabeled), desc="phantom unlabeled", leave=False)]
+            for i in progress(range(cfg.unlabeled), desc="phantom unlabeled", unit="img")]
     pool_df = _write_set(pool, unlabeled, [f"pool-{i:05d}.png" for i in range(cfg.unlabeled)])
     # The pool is unlabeled for the loop; angles stay in its metadata for audits only.
     pool_df = pool_df.drop(columns="label") if len(pool_df) else pd.DataFrame(

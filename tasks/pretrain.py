@@ -89,14 +89,15 @@ def _lr_schedule(optimizer: Any, warmup: int, total: int) -> Any:
 def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int) -> dict[str, float]:
     """Train the tiny VAE as a KL autoencoder on ``images``; return its final reconstruction MSE."""
     import torch
-    from tqdm import tqdm
+
+    from tasks.progress import progress
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     sched = _lr_schedule(opt, cfg.warmup_steps, cfg.vae_steps)
     vae.train()
     recent: list[float] = []
-    for step in tqdm(range(cfg.vae_steps), desc="pretrain vae", disable=None):
+    for step in progress(range(cfg.vae_steps), desc="pretrain vae", unit="step"):
         x = images[torch.randint(0, len(images), (cfg.vae_batch_size,), generator=gen)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
@@ -141,9 +142,9 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     """Pretrain the UNet to denoise the images' latents under ``caption`` (with caption dropout)."""
     import torch
     from diffusers import DDPMScheduler
-    from tqdm import tqdm
 
     from tasks.diffusion.prompts import encode_prompts
+    from tasks.progress import progress
 
     accelerator = make_accelerator(cfg.precision)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -156,7 +157,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     gen = torch.Generator().manual_seed(seed + 1)
     recent: list[float] = []
     start = time.perf_counter()
-    for step in tqdm(range(cfg.steps), desc="pretrain unet", disable=None):
+    for step in progress(range(cfg.steps), desc="pretrain unet", unit="step"):
         idx = torch.randint(0, len(means), (cfg.batch_size,), generator=gen)
         eps = torch.randn(means[idx].shape, generator=gen)
         latents = ((means[idx] + stds[idx] * eps) * scale).to(accelerator.device)

@@ -103,9 +103,12 @@ def run_stage(stage: str, params: Params) -> Any:
 
 def cli_main(stage: str, argv: list[str] | None = None) -> None:
     """Entry point of ``python -m tasks.<stage>``: exit 0 on success, 3 when waiting for review, 1 on error."""
+    from tasks.overrides import record_resolved
+
     configure_logging()
     try:
-        run_stage(stage, load_params())
+        # record_resolved: params.resolved.yaml is what DVC checks beside params.yaml (profile, overrides).
+        run_stage(stage, record_resolved())
     except WaitingForReview as err:
         log.warning("%s", err)
         sys.exit(EXIT_WAITING)

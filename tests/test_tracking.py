@@ -54,10 +54,55 @@ def test_run_stage_writes_metrics_json_and_mlflow(params, monkeypatch: pytest.Mo
     written = json.loads((params.paths.metrics / "ingest.json").read_text())
     assert written["n_ok"] == 7 and written["stage_seconds"] >= 0
     runs = MlflowClient(tracking.tracking_uri()).search_runs(
-        [MlflowClient(tracking.tracking_uri()).get_experiment_by_name("synthloop").experiment_id])
+        [MlflowClient(tracking.tracking_uri()).get_experiment_by_name("synthloop").experiment_id],
+        "tags.`synthloop.stage` = 'ingest'")
     assert runs[0].data.metrics["n_ok"] == 7
 
 
 def test_unknown_stage_is_a_clear_error(params):
     with pytest.raises(stage_mod.StageError, match="unknown stage 'nope'"):
         stage_mod.run_stage("nope", params)
+
+
+def _runs(client):
+    exp = client.get_experiment_by_name("synthloop")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_stage_runs_without_a_flow_share_one_dvc_loop_run_until_it_ends(params, monkeypatch: pytest.MonkeyPatch):
+    """Under `dvc repro` (no parent in the environment) stages join one open loop run; a repeated stage or the
+    last stage ends it."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("SYNTHLOOP_SET", json.dumps(["generate.num_images=4"]))
+    for stage in ("phantom", "ingest", "phantom", "evaluate"):
+        with tracking.stage_run(stage, params):
+            pass
+    client = MlflowClient(tracking.tracking_uri())
+    runs = _runs(client)
+    loops = [r for r in runs if r.data.tags.get("synthloop.loop") == "1"]
+    assert [r.data.tags["synthloop.entry"] for r in loops] == ["dvc", "dvc"]
+    assert all(client.get_run(r.info.run_id).info.status == "FINISHED" for r in loops), \
+        "the first loop ended when phantom repeated, the second when evaluate finished"
+    children = {loop.info.run_id: [r.data.tags["synthloop.stage"] for r in runs
+                                   if r.data.tags.get("mlflow.parentRunId") == loop.info.run_id] for loop in loops}
+    assert list(children.values()) == [["phantom", "ingest"], ["phantom", "evaluate"]]
+    first = loops[0]
+    assert first.data.params["generate.num_images"] == str(params.generate.num_images)
+    assert json.loads(first.data.tags["synthloop.overrides"]) == {"run_set": ["generate.num_images=4"]}
+
+
+def test_a_failed_stage_does_not_end_the_dvc_loop(params):
+    """A stage that failed (or stopped at the review checkpoint) and is re-run stays in the same loop run."""
+    from mlflow import MlflowClient
+
+    with tracking.stage_run("phantom", params):
+        pass
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("ingest", params):
+            raise RuntimeError("bad data")
+    with tracking.stage_run("ingest", params):
+        pass
+    runs = _runs(MlflowClient(tracking.tracking_uri()))
+    assert len([r for r in runs if r.data.tags.get("synthloop.loop") == "1"]) == 1
+    assert len({r.data.tags.get("mlflow.parentRunId") for r in runs if "synthloop.stage" in r.data.tags}) == 1

@@ -20,10 +20,28 @@ def save_result(folder: Path, result: TrainResult) -> None:
 
 
 def register_model(folder: Path, alias: str) -> None:
-    """Log the model folder to the active MLflow run and register it with ``alias`` (no-op without a run)."""
+    """Log the model folder to the active MLflow run as a pyfunc model (tasks/classify/mlflow_model.py), register
+    it as ``synthloop-classifier`` and point ``alias`` at the new version (no-op without a run)."""
     mlflow = sys.modules.get("mlflow")
     if mlflow is None or mlflow.active_run() is None:
         return
-    from tasks.tracking import log_model_files
+    from tasks.classify.mlflow_model import log_classifier
 
-    log_model_files(Path(folder), "model", registered_name=REGISTERED_MODEL, alias=alias)
+    info = log_classifier(Path(folder), example_image=_example_png(Path(folder)), registered_name=REGISTERED_MODEL)
+    mlflow.MlflowClient().set_registered_model_alias(REGISTERED_MODEL, alias, info.registered_model_version)
+
+
+def _example_png(folder: Path) -> bytes:
+    """A mid-grey image of the model's input size and mode: the input example stored with the model."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from tasks.classify.models import META_FILE
+
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    size = int(meta["image_size"])
+    buf = io.BytesIO()
+    Image.new("L" if int(meta["channels"]) == 1 else "RGB", (size, size), 128).save(buf, format="PNG")
+    return buf.getvalue()

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 
 def _map_local(jobs: list[ShardJob], pipe: Any) -> int:
-    from tqdm.auto import tqdm
+    from tasks.progress import progress
 
     total = sum(len(j.missing) for j in jobs)
-    with tqdm(total=total, desc="generate", unit="img", disable=total == 0) as bar:
+    with progress(total=total, desc="generate", unit="img", disable=total == 0) as bar:
         return sum(generate_shard(job, pipe, progress=bar.update) for job in jobs)
 
 

@@ -68,12 +68,13 @@ def label_with_reference(params: Params, generated: Path, file_names: Sequence[s
                          batch_size: int = 256) -> list[str]:
     """Labels (class or ``reject``) for ``file_names`` from the reference labeler of the phantom data."""
     from PIL import Image
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     from tasks.review.reference import reference_labels
 
     labels: list[str] = []
-    for start in tqdm(range(0, len(file_names), batch_size), desc="reference labeler", unit="batch"):
+    for start in progress(range(0, len(file_names), batch_size), desc="review reference labeler",
+                          unit="batch"):
         images = []
         for name in file_names[start:start + batch_size]:
             with Image.open(generated / name) as im:
