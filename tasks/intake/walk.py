@@ -36,6 +36,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: Deepest folder searched: deeper trees are one quarantine entry (a hostile tree must not exhaust the stack).
+MAX_DEPTH = 64
 #: Longest quarantine reason kept (decoder messages can run to several lines of plugin errors).
 MAX_REASON = 400
 _KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
@@ -108,6 +110,9 @@ class _Walk:
 
 
 def _walk_dir(folder: str, prefix: str, w: _Walk, chain: tuple[str, ...]) -> Iterator[Entry]:
+    if len(chain) > MAX_DEPTH:
+        yield Entry(prefix.rstrip("/"), Path(folder), f"folder nested deeper than {MAX_DEPTH} levels: not searched")
+        return
     try:
         names = sorted(os.listdir(folder))
     except OSError as err:

@@ -125,3 +125,14 @@ def test_walk_cli_exit_status_says_whether_dvc_can_hash(tmp_path: Path) -> None:
     assert walk.main([str(tmp_path)]) == 0
     os.symlink("gone", tmp_path / "dangling.png")
     assert walk.main([str(tmp_path)]) == 1
+
+
+def test_very_deep_tree_is_one_entry_not_a_recursion_error(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["d"] * (walk.MAX_DEPTH + 5))
+    deep.mkdir(parents=True)
+    (deep / "x.png").write_bytes(b"x")
+    (tmp_path / "d" / "y.png").write_bytes(b"y")
+    entries = _entries(tmp_path)
+    assert entries["d/y.png"] is None
+    cut = "/".join(["d"] * walk.MAX_DEPTH)
+    assert entries == {"d/y.png": None, cut: f"folder nested deeper than {walk.MAX_DEPTH} levels: not searched"}
