@@ -21,16 +21,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.classify.arms import reviewed_synthetic, synthetic_arm, train_arm
+from tasks.classify.arms import drop_memorised, reviewed_synthetic, synthetic_arm, train_arm
 from tasks.classify.models import HISTORY_FILE, load_model
 from tasks.classify.train import TrainResult
+from tasks.evaluation.checks import generation_checks
 from tasks.evaluation.fidelity import fidelity_table
 from tasks.evaluation.sets import EvalSet, eval_set, score
 from tasks.evaluation.stats import ARMS, METRICS, paired_differences, review_cost, summarise
 from tasks.io import atomic_write_csv, atomic_write_json
 from tasks.params import Params
 from tasks.stage import cli_main
-from tasks.tables import read_corrections, read_generated, read_imagefolder, read_labelled_split
+from tasks.tables import (memorised_files, read_corrections, read_generated, read_imagefolder,
+                          read_labelled_split)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,11 @@ def _log_report(folder: Path) -> None:
 
 
 def run(params: Params, *, test: Path, caption: Path, generated: Path, review: Path, baseline: Path,
-        retrain: Path, out_dir: Path) -> EvaluateOutputs:
-    """Evaluate baseline vs retrained on the held-out test set over seeds; write results, summary and report."""
+        retrain: Path, predict: Path | None = None, out_dir: Path) -> EvaluateOutputs:
+    """Evaluate baseline vs retrained on the held-out test set over seeds; write results, summary and report.
+
+    With ``predict`` (its folder): memorised images are dropped from the synthetic arm as in retrain, and the
+    report shows predict's quality gate and memorisation counts."""
     from tasks.evaluation import report
 
     classes = params.classes
@@ -115,6 +120,8 @@ def run(params: Params, *, test: Path, caption: Path, generated: Path, review: P
         eval_set(read_labelled_split(test, classes), params)
     gen, corrections = read_generated(generated, classes), read_corrections(review, classes)
     synthetic = reviewed_synthetic(gen, corrections)
+    if predict is not None:
+        synthetic = drop_memorised(synthetic, memorised_files(predict, classes))
     stage_models = {ARMS[0]: _stage_result(baseline), ARMS[1]: _stage_result(retrain)}
     results = run_arms(params, train, val_set, test_set, synthetic, stage_models)
     conf = params.evaluate.confidence
@@ -138,7 +145,8 @@ def run(params: Params, *, test: Path, caption: Path, generated: Path, review: P
                    "confidence": conf, "arms": summary.to_dict("records"), "paired": diffs.to_dict("records"),
                    "stage_models_test": stage_test, "fidelity": fid.to_dict("records"), "fidelity_extractor": extractor,
                    "review_cost": cost, "n_test": len(test_set.y), "n_val": len(val_set.y), "n_train_real": len(train),
-                   "n_synthetic_used": len(used), "n_synthetic_reviewed_usable": len(synthetic)}
+                   "n_synthetic_used": len(used), "n_synthetic_reviewed_usable": len(synthetic),
+                   "generation_checks": None if predict is None else generation_checks(params, predict)}
     atomic_write_json(out_dir / "summary.json", summary_obj)
     md, html = report.write_report(params.paths.reports, params=params, summary=summary_obj,
                                    stage_models=stage_models, stage_proba=stage_proba, test_set=test_set,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.classify.arms import reviewed_synthetic, synthetic_arm, train_arm
+from tasks.classify.arms import drop_memorised, reviewed_synthetic, synthetic_arm, train_arm
 from tasks.classify.models import HISTORY_FILE, META_FILE, MODEL_FILE
 from tasks.classify.registry import register_model, save_result
 from tasks.params import Params
 from tasks.stage import cli_main
-from tasks.tables import read_corrections, read_generated, read_imagefolder
+from tasks.tables import memorised_files, read_corrections, read_generated, read_imagefolder
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,24 @@ class RetrainOutputs:
 
 
 def synthetic_for_training(params: Params, generated: Path, review: Path, n_real: int,
-                           seed: int) -> tuple[pd.DataFrame, int]:
-    """The reviewed synthetic rows this arm trains on, and how many reviewed rows were available."""
+                           seed: int, predict: Path | None = None) -> tuple[pd.DataFrame, int]:
+    """The reviewed synthetic rows this arm trains on, and how many reviewed rows were available.
+
+    With ``predict`` (its folder), images its memorisation check flagged are dropped first (the review queue
+    already leaves them out; this also catches a decision made before the check flagged the image)."""
     reviewed = reviewed_synthetic(read_generated(generated, params.classes),
                                   read_corrections(review, params.classes))
+    if predict is not None:
+        reviewed = drop_memorised(reviewed, memorised_files(predict, params.classes))
     return synthetic_arm(params, reviewed, n_real, seed), len(reviewed)
 
 
-def run(params: Params, *, caption: Path, generated: Path, review: Path, out_dir: Path) -> RetrainOutputs:
+def run(params: Params, *, caption: Path, generated: Path, review: Path, predict: Path | None = None,
+        out_dir: Path) -> RetrainOutputs:
     """Train real + reviewed synthetic with the baseline recipe and save the model (safetensors + model.json)."""
     train = read_imagefolder(caption / "train", params.classes)
     val = read_imagefolder(caption / "val", params.classes)
-    synth, n_reviewed = synthetic_for_training(params, generated, review, len(train), params.seed)
+    synth, n_reviewed = synthetic_for_training(params, generated, review, len(train), params.seed, predict)
     log.info("retrain: %d real + %d synthetic (of %d reviewed usable)", len(train), len(synth), n_reviewed)
     result = train_arm(params, train, val, synth)
     save_result(out_dir, result)

@@ -302,6 +302,16 @@ class Predict(Section):
     #: temperature: one scalar T fitted by NLL on the real val split (tasks/classify/calibration.py); none: raw.
     calibration: Literal["temperature", "none"] = "temperature"
     calibration_bins: int = Field(10, ge=2, le=50)  # equal-width confidence bins of the ECE / reliability diagram
+    #: Quality gate (tasks/generation/quality.py): a class whose generated images have k-NN precision below this
+    #: against its real train images (baseline features) is flagged "out of the real manifold".
+    min_class_precision: float = Field(0.1, ge=0, le=1)
+    prc_neighborhood: int = Field(3, ge=1)  # k of the k-NN precision/recall (Kynkäänniemi et al. 2019)
+    #: Memorisation check (tasks/generation/memorisation.py): a generated image within this many pHash bits (of
+    #: 256) of a real train image, or whose baseline-feature cosine distance to one is at most feature_ratio × the
+    #: median nearest-neighbour distance among the real train images, is a copy: kept out of review and retrain.
+    memorisation_phash_distance: int = Field(12, ge=0, le=256)
+    memorisation_feature_ratio: float = Field(0.1, ge=0, le=1)
+
 
 
 class Review(Section):

@@ -44,12 +44,16 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         "dreambooth": {"base": p.pretrain, "caption": p.caption},
         "generate": {"model": p.dreambooth / "model", "prompts": p.caption / "prompts.json"},
         "baseline": {"caption": p.caption},
-        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},  # caption/val: calibration
+        # caption/val: calibration; caption/train: the quality gate and memorisation check
+        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},
         "review": {"predictions": p.predict, "generated": p.generate},
         # Only the decisions feed training: queue.csv or audit.jsonl changing must not trigger a retrain.
-        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv"},
+        # predict: its memorisation flags (copies of real train images are never trained on) and quality gate.
+        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv",
+                    "predict": p.predict},
         "evaluate": {"test": p.ingest / "test", "caption": p.caption, "generated": p.generate,
-                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain},
+                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain,
+                     "predict": p.predict},
     }
     return table[stage]
 

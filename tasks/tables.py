@@ -11,6 +11,7 @@ every writer right before writing, so a bad table stops the loop where it enters
 | imagefolder metadata | caption | ``<caption>/{train,val}/metadata.csv`` |
 | generate manifest | generate | ``<generate>/manifest.csv`` |
 | predictions | predict | ``<predict>/predictions.csv`` |
+| class quality | predict | ``<predict>/class_quality.csv`` |
 | review queue | review | ``<review>/queue.csv`` |
 | corrections (+ audit log) | review | ``<review>/corrections.csv``, ``audit.jsonl`` |
 
@@ -35,6 +36,8 @@ METADATA_FILE = "metadata.csv"
 PREDICTIONS_FILE = "predictions.csv"
 #: predict's reliability diagram of the real val split, raw and calibrated (``tasks.classify.calibration``).
 RELIABILITY_FILE = "reliability.csv"
+#: predict's per-class quality gate of the generated set (``tasks.generation.quality``).
+CLASS_QUALITY_FILE = "class_quality.csv"
 QUEUE_FILE = "queue.csv"
 CORRECTIONS_FILE = "corrections.csv"
 AUDIT_FILE = "audit.jsonl"
@@ -145,6 +148,36 @@ def write_predictions(folder: Path, table: pd.DataFrame, classes: Sequence[str])
     path = Path(folder) / PREDICTIONS_FILE
     atomic_write_csv(path, table)
     return path
+
+
+def memorised_files(folder: Path, classes: Sequence[str]) -> set[str]:
+    """File names predict flagged ``memorised`` (copies of real train images): never labelled or trained on."""
+    preds = read_predictions(folder, classes)
+    flags = preds["memorised"].map(lambda v: str(v).strip().lower() in {"true", "1"})
+    return set(preds.loc[flags, "file_name"].astype(str))
+
+
+def write_class_quality(folder: Path, table: pd.DataFrame, classes: Sequence[str]) -> Path:
+    """Validate and write predict's per-class quality table atomically."""
+    validate(table, "class_quality", classes=classes)
+    path = Path(folder) / CLASS_QUALITY_FILE
+    atomic_write_csv(path, table)
+    return path
+
+
+def read_class_quality(folder: Path, classes: Sequence[str]) -> pd.DataFrame:
+    """predict's ``class_quality.csv`` (one row per class; NaN where a statistic had too few images), validated."""
+    import pandas as pd
+
+    # Text cells as written (a class may be called "NA"); the statistics back to numbers, "" → NaN.
+    table = pd.read_csv(_require(Path(folder) / CLASS_QUALITY_FILE, "predict"), dtype=str, keep_default_na=False)
+    for col in ("n_generated", "n_real", "fid", "precision", "recall"):
+        if col in table:
+            table[col] = pd.to_numeric(table[col], errors="coerce")
+    if "out_of_manifold" in table:
+        table["out_of_manifold"] = table["out_of_manifold"].map({"True": True, "False": False})
+    validate(table, "class_quality", classes=classes)
+    return table
 
 
 # --------------------------------------------------------------------------------------- queue, corrections

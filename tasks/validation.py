@@ -95,7 +95,24 @@ def _predictions(classes: Sequence[str]) -> list[Spec]:
             _between("confidence", 0, 1), _between("margin", 0, 1), _between("entropy", 0, None),
             _between("confidence_calibrated", 0, 1), _between("margin_calibrated", 0, 1),
             _between("entropy_calibrated", 0, None),
-            *[_between(f"p_{c}", 0, 1) for c in classes], _unique("review_rank")]
+            *[_between(f"p_{c}", 0, 1) for c in classes], _unique("review_rank"), *_memorisation()]
+
+
+def _memorisation() -> list[Spec]:
+    # The memorisation check (tasks.generation.memorisation): nearest real train image by pHash (bits of 256) and
+    # by classifier-feature cosine distance (0..2), and the flag that keeps a copy out of review and retrain.
+    cols = ("nearest_real", "phash_distance", "nearest_real_feature", "feature_distance", "memorised")
+    return [*_exist(*cols), *_not_null(*cols), _between("phash_distance", 0, 256),
+            _between("feature_distance", 0, 2), _in_set("memorised", [True, False])]
+
+
+def _class_quality(classes: Sequence[str]) -> list[Spec]:
+    # One row per class; fid/precision/recall are NaN (not checked) where a class has too few images.
+    cols = ("class", "n_generated", "n_real", "fid", "precision", "recall", "out_of_manifold", "note")
+    return [*_exist(*cols), *_not_null("class", "n_generated", "n_real", "out_of_manifold"), _unique("class"),
+            _in_set("class", classes), _between("n_generated", 0, None), _between("n_real", 0, None),
+            _between("precision", 0, 1), _between("recall", 0, 1),
+            _in_set("out_of_manifold", [True, False])]
 
 
 def _when(spec: Spec, condition: str) -> Spec:
@@ -126,6 +143,7 @@ SUITES: dict[str, Callable[[Sequence[str]], list[Spec]]] = {
     "caption_metadata": _caption_metadata,
     "generate_manifest": _generate_manifest,
     "predictions": _predictions,
+    "class_quality": _class_quality,
     "review_corrections": _review_corrections,
 }
 

@@ -39,6 +39,9 @@ def predictions_frame(items=ITEMS, classes=("small", "big")) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("confidence", "margin", "entropy"):  # calibrated at T = 1: the same numbers
         df[f"{col}_calibrated"] = df[col]
+    # predict's memorisation check: no item is a copy of a real train image
+    df = df.assign(nearest_real="small/real-000.png", phash_distance=100, nearest_real_feature="small/real-000.png",
+                   feature_distance=0.5, memorised=False)
     df = df.sort_values(["agrees", "margin"], kind="stable").reset_index(drop=True)
     df["review_rank"] = range(len(df))
     return df.sample(frac=1.0, random_state=0).reset_index(drop=True)  # file order must not matter

@@ -10,10 +10,14 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixtures_classifier import make_caption, make_generated  # noqa: E402
+from fixtures_classifier import make_caption, make_corrections, make_generated  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from tasks import baseline, predict  # noqa: E402
+from tasks import baseline, predict, retrain  # noqa: E402
 from tasks.classify.models import ModelLoadError  # noqa: E402
+from tasks.io import sha256_file  # noqa: E402
+from tasks.review.queue import load_queue  # noqa: E402
+from tasks.tables import memorised_files, read_class_quality, write_class_quality  # noqa: E402
 from tasks.validation import ValidationFailed  # noqa: E402
 
 
@@ -97,3 +101,68 @@ def test_run_without_model_is_a_clear_error(params):
     with pytest.raises(ModelLoadError, match="run its stage first"):
         predict.run(params, model=params.paths.baseline, generated=params.paths.generate, caption=params.paths.caption,
                     out_dir=params.paths.predict)
+
+
+# ------------------------------------------------------------------------ quality gate and memorisation check
+def _copy_into_generated(gen_dir: Path, manifest: pd.DataFrame, target: str, image: Image.Image) -> None:
+    """Put ``image`` at generated file ``target`` and record its new sha256 (what a memorising model would do)."""
+    image.save(gen_dir / target)
+    manifest.loc[manifest["file_name"] == target, "sha256"] = sha256_file(gen_dir / target)
+    manifest.to_csv(gen_dir / "manifest.csv", index=False)
+
+
+def test_copies_of_train_images_are_flagged_kept_from_review_and_dropped_before_retrain(params):
+    P = params.paths
+    make_caption(P.caption, n_train=8, n_val=8)
+    man = make_generated(P.generate, n=10, bad=0)
+    exact, noisy = "images/small/000000.png", "images/small/000002.png"
+    train0 = Image.open(P.caption / "train" / "train_000.png")
+    _copy_into_generated(P.generate, man, exact, train0.copy())
+    arr = np.asarray(Image.open(P.caption / "train" / "train_002.png"), dtype=float)
+    noised = np.clip(arr + np.random.default_rng(5).normal(0, 2, arr.shape), 0, 255).astype(np.uint8)
+    _copy_into_generated(P.generate, man, noisy, Image.fromarray(noised))
+    p = params.model_copy(update={"baseline": params.baseline.model_copy(update={"epochs": 1})})
+    baseline.run(p, caption=P.caption, out_dir=P.baseline)
+    out = predict.run(p, model=P.baseline, generated=P.generate, caption=P.caption, out_dir=P.predict)
+    df = pd.read_csv(out.predictions).set_index("file_name")
+    assert set(df.index[df["memorised"]]) == {exact, noisy}  # unrelated generated images are not flagged
+    assert df.loc[exact, "nearest_real"] == "train_000.png" and df.loc[exact, "phash_distance"] == 0
+    assert df.loc[exact, "feature_distance"] == pytest.approx(0, abs=1e-9)
+    assert df.loc[noisy, "nearest_real"] == "train_002.png"
+    assert out.metrics["n_memorised"] == 2 and out.metrics["n_memorised_small"] == 2
+    # the review queue never shows them; retrain (and evaluate's arm) never trains on them
+    queue = load_queue(P.predict, P.generate, p.classes)
+    assert not {exact, noisy} & set(queue["file_name"]) and len(queue) == 8
+    make_corrections(P.review, pd.read_csv(P.generate / "manifest.csv", keep_default_na=False))  # decided earlier
+    p10 = p.model_copy(update={"retrain": p.retrain.model_copy(update={"synthetic_ratio": 10.0})})
+    synth, n = retrain.synthetic_for_training(p10, P.generate, P.review, 8, 0, predict=P.predict)
+    assert n == 8 and not {exact, noisy} & set(synth["file_name"])
+    assert memorised_files(P.predict, p.classes) == {exact, noisy}
+
+
+def test_run_writes_the_class_quality_table_and_flags_an_off_manifold_class(params):
+    P = params.paths
+    make_caption(P.caption, n_train=16, n_val=8)
+    man = make_generated(P.generate, n=12, bad=0)
+    rng = np.random.default_rng(9)
+    for name in man.loc[man["intended_label"] == "big", "file_name"]:  # 'big' renders as noise: off the manifold
+        _copy_into_generated(P.generate, man, name, Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+    p = params.model_copy(update={"baseline": params.baseline.model_copy(update={"epochs": 3})})
+    baseline.run(p, caption=P.caption, out_dir=P.baseline)
+    out = predict.run(p, model=P.baseline, generated=P.generate, caption=P.caption, out_dir=P.predict)
+    quality = read_class_quality(P.predict, p.classes).set_index("class")
+    assert quality.loc["big", "out_of_manifold"] and not quality.loc["small", "out_of_manifold"]
+    assert quality.loc["big", "precision"] < p.predict.min_class_precision <= quality.loc["small", "precision"]
+    assert quality.loc["big", "fid"] > quality.loc["small", "fid"]
+    assert "predict.min_class_precision" in quality.loc["big", "note"]
+    assert out.metrics["n_classes_out_of_manifold"] == 1 and out.class_quality == P.predict / "class_quality.csv"
+    assert out.metrics["class_precision_big"] == pytest.approx(quality.loc["big", "precision"], abs=1e-6)
+
+
+def test_class_quality_table_with_an_unknown_class_fails_its_suite(params, tmp_path):
+    bad = pd.DataFrame({"class": ["small", "huge"], "n_generated": [3, 3], "n_real": [4, 4], "fid": [1.0, 2.0],
+                        "precision": [0.5, 0.0], "recall": [0.5, 0.0], "out_of_manifold": [False, True],
+                        "note": ["", "x"]})
+    with pytest.raises(ValidationFailed, match="class_quality"):
+        write_class_quality(tmp_path, bad, params.classes)
+    assert not (tmp_path / "class_quality.csv").exists()

@@ -47,6 +47,16 @@ def reviewed_synthetic(generated: pd.DataFrame, corrections: pd.DataFrame) -> pd
     return merged.sort_values("file_name", kind="stable").reset_index(drop=True)
 
 
+def drop_memorised(synthetic: pd.DataFrame, memorised: set[str]) -> pd.DataFrame:
+    """``synthetic`` without the images predict's memorisation check flagged as copies of real train images
+    (``memorised`` file names): private real images never come back into training disguised as synthetic."""
+    copies = synthetic["file_name"].isin(memorised)
+    if copies.any():
+        log.warning("%d reviewed synthetic images are copies of real train images (predict: memorised); left out "
+                    "(e.g. %s)", int(copies.sum()), synthetic.loc[copies, "file_name"].tolist()[:3])
+    return synthetic[~copies].reset_index(drop=True)
+
+
 def select_synthetic(synthetic: pd.DataFrame, n_real: int, ratio: float, cap: int | None,
                      seed: int) -> pd.DataFrame:
     """At most ``ratio * n_real`` (and ``cap``) synthetic rows, drawn class-balanced and reproducibly."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.evaluation.checks import checks_blocks
 from tasks.io import atomic_write_bytes, atomic_write_text
 
 Block = tuple[str, Any]  # ("h1"|"h2"|"p", text) | ("table", DataFrame) | ("img", (name, png bytes, caption))
@@ -196,6 +197,7 @@ def build_blocks(summary: dict[str, Any], figures: list[tuple[str, bytes, str]])
               "precision = share of synthetic images inside the real manifold, recall = the reverse. — = set too "
               "small for the statistic."),
         ("table", pd.DataFrame(summary["fidelity"])),
+        *checks_blocks(summary),
         ("h2", "Review cost"),
         ("p", f"{summary['review_cost']['corrections_per_100']:.1f} corrections and "
               f"{summary['review_cost']['rejections_per_100']:.1f} rejections per 100 generated (kept) images "

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 def build_queue(predictions: pd.DataFrame, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
     """Items to review in uncertainty order (predict's ``review_rank``: disagreement first, then low margin).
 
-    Images that generate flagged (``status`` other than ``ok`` in its manifest) never reach a person. Each item
+    Images that generate flagged (``status`` other than ``ok`` in its manifest) or predict found to be copies of
+    real train images (``memorised``) never reach a person. Each item
     carries the image's ``sha256`` from the manifest; "" (unknown) without a manifest or for a file it lacks —
     ``load_queue`` refuses such a queue, ``ReviewStore`` cannot tie decisions to unknown content.
     """
@@ -31,6 +32,12 @@ def build_queue(predictions: pd.DataFrame, manifest: pd.DataFrame | None = None)
         if bad & set(df["file_name"]):
             log.warning("%d flagged images left out of the review queue", len(bad & set(df["file_name"])))
         df = df[~df["file_name"].isin(bad)]
+    if "memorised" in df:  # predict's memorisation check: a copy of a real train image is never labelled
+        copies = df["memorised"].map(_as_bool)
+        if copies.any():
+            log.warning("%d images flagged as copies of real train images (predictions.csv memorised) left out "
+                        "of the review queue", int(copies.sum()))
+        df = df[~copies]
     hashes = {} if manifest is None or "sha256" not in manifest else dict(
         zip(manifest["file_name"].astype(str), manifest["sha256"].fillna("").astype(str)))
     df["sha256"] = [hashes.get(f, "") for f in df["file_name"]]
