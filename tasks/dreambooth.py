@@ -78,7 +78,7 @@ def setup(params: Params, base: Path, caption: Path, out_dir: Path) -> tuple[Tra
     class_paths: list[Path] = []
     if cfg.prior_preservation:
         class_paths = _class_images_all_ranks(accelerator, pipe, prompts["class_prompt"], params.seed, out_dir,
-                                              base_hash, cfg)
+                                              base_hash, cfg, params.ingest.channels)
     trainable = build_models(pipe, cfg, weight_dtype, params.seed)
     data = make_dataloader(pipe, caption, cfg, class_paths, prompts, accelerator.device)
     optimizer = make_optimizer([p for m in trainable for p in m.parameters() if p.requires_grad], cfg,
@@ -91,7 +91,7 @@ def setup(params: Params, base: Path, caption: Path, out_dir: Path) -> tuple[Tra
     dhash = data_hash(caption)
     tr = Trainer(accelerator, pipe, prepared, prepared[0], text_encoder, optimizer, lr_scheduler,
                  DDPMScheduler.from_config(pipe.scheduler.config), data, cfg, params.seed, out_dir,
-                 fingerprint(cfg, params.seed, base_hash, dhash))
+                 fingerprint(cfg, params.seed, base_hash, dhash), channels=params.ingest.channels)
     card = {"base_model": ref, "base_variant": variant, "base_hash": base_hash, "data_hash": dhash,
             "seed": params.seed, "params": cfg.model_dump(mode="json"), "classes": prompts["classes"],
             "instance_prompts": prompts["instance_prompts"], "class_prompt": prompts["class_prompt"]}
@@ -99,11 +99,11 @@ def setup(params: Params, base: Path, caption: Path, out_dir: Path) -> tuple[Tra
 
 
 def _class_images_all_ranks(accelerator: Any, pipe: Any, prompt: str, seed: int, out_dir: Path, base_hash: str,
-                            cfg: Dreambooth) -> list[Path]:
+                            cfg: Dreambooth, channels: int) -> list[Path]:
     """The main process generates the cached class images; the others wait and read them."""
     folder = out_dir / "class_images"
     if accelerator.is_main_process:
-        class_images(pipe, prompt, cfg.num_class_images, seed, folder, base_hash, cfg)
+        class_images(pipe, prompt, cfg.num_class_images, seed, folder, base_hash, cfg, channels)
     accelerator.wait_for_everyone()
     return [folder / f"{i:05d}.png" for i in range(cfg.num_class_images)]
 
@@ -142,7 +142,10 @@ def run(params: Params, *, base: Path, caption: Path, out_dir: Path) -> Dreamboo
         _write_loss_csv(tr, out_dir, pd)
         model_dir, lora_dir = save_outputs(tr, out_dir, dict(card, steps_trained=tr.step))
         if run_handle is not None and tr.cfg.log_model:
-            run_handle.log_artifact(model_dir, "model")
+            from tasks.generation.mlflow_pipeline import log_pipeline  # imports mlflow: main process only
+
+            # A pyfunc that generates class images, registered as synthloop-dreambooth@dreambooth.
+            log_pipeline(model_dir, caption / "prompts.json", params)
     tr.accelerator.wait_for_everyone()
     tr.accelerator.end_training()
     return DreamboothOutputs(model_dir, lora_dir, out_dir / "validation", out_dir / "loss.csv",

@@ -1,11 +1,16 @@
 """Stage ``pretrain``: the base generator that dreambooth fine-tunes.
 
 ``pretrain.base_model: tiny`` (the embedded default) builds the tiny Stable Diffusion pipeline from config
-(``tasks/diffusion/tiny.py``) and pretrains it on the unlabeled phantom pool with one generic caption — standing in
-for SD's web-scale pretraining, because a model built from config knows nothing. Two phases:
+(``tasks/diffusion/tiny.py``) and pretrains it on the data set's own images — ingest's trainval split (train + val,
+never test) plus an optional unlabeled folder (``pretrain.pool``; the phantom demo adds its unlabeled pool) — with
+one caption (``pretrain.caption``, else the class prompt ``photo of a <caption.thing>``). This stands in for SD's
+web-scale pretraining, because a model built from config knows nothing, and it is what makes the generator learn
+*the user's* domain: DreamBooth then starts from a base that knows what the images look like. Left/right mirrored
+copies are added only when the data set allows it (``baseline.augment.hflip``, the classifier's own rule). Two
+phases:
 
-1. the VAE is trained as a KL autoencoder on the pool (a random VAE decodes noise), then its latent scale is set
-   so latents have unit variance, as SD's ``scaling_factor`` does;
+1. the VAE is trained as a KL autoencoder on those images (a random VAE decodes noise), then its latent scale is
+   set so latents have unit variance, as SD's ``scaling_factor`` does;
 2. the UNet learns to denoise those latents (DDPM epsilon objective) conditioned on the frozen random-init text
    encoder; captions are dropped to "" at ``caption_dropout`` so classifier-free guidance has an unconditional.
 
@@ -25,14 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401  (torchvision guard before diffusers)
+from tasks.diffusion.colour import to_data_mode
 from tasks.diffusion.prompts import class_prompt
 from tasks.diffusion.training import check_finite, denoising_loss, load_images, make_accelerator
 from tasks.io import atomic_write_json, clean_stale_temp, save_png_atomic
 from tasks.params import Params
+from tasks.tables import read_ingest_manifest
 from tasks.sections import Pretrain
 from tasks.stage import StageError, cli_main
 
 log = logging.getLogger(__name__)
+
+#: Image files an unlabeled pool without metadata.csv contributes (decoded by PIL, resized to the data's size).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 #: Latents are sampled this many times for the scale estimate (``scaling_factor`` = 1 / std).
 _SCALE_SAMPLES = 256
@@ -54,12 +64,21 @@ class PretrainOutputs:
 
 
 def read_pool(pool: Path) -> list[str]:
-    """File names of the unlabeled pool (``metadata.csv``'s ``file_name`` column), in file order."""
+    """File names of an unlabeled pool: ``metadata.csv``'s ``file_name`` column (in file order) when it has one,
+    else its image files (``IMAGE_SUFFIXES``, hidden ones skipped), sorted."""
     import pandas as pd
 
+    if not pool.is_dir():
+        raise PretrainError(f"unlabeled pool {pool} (pretrain.pool, or the demo's paths.phantom/unlabeled) is not a "
+                            f"folder; with dataset.source phantom run `dvc repro phantom`")
     meta = pool / "metadata.csv"
     if not meta.is_file():
-        raise PretrainError(f"unlabeled pool {pool} has no metadata.csv; run `dvc repro phantom` (or add one)")
+        names = sorted(p.relative_to(pool).as_posix() for p in pool.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(pool).parts))
+        if not names:
+            raise PretrainError(f"unlabeled pool {pool} has no metadata.csv and no images ({' '.join(IMAGE_SUFFIXES)})")
+        return names
     df = pd.read_csv(meta, dtype=str, keep_default_na=False)
     if "file_name" not in df.columns or df.empty:
         raise PretrainError(f"{meta} needs a non-empty file_name column, got columns {list(df.columns)}")
@@ -67,14 +86,39 @@ def read_pool(pool: Path) -> list[str]:
 
 
 def pool_image_size(pool: Path, first: str) -> int:
-    """Side of the pool's (square) images: the tiny model is built at the data's resolution."""
+    """Side of a folder's (square) images: the tiny model is built at the data's resolution."""
     from PIL import Image
 
     with Image.open(pool / first) as im:
         w, h = im.size
     if w != h or w % 8:
-        raise PretrainError(f"pool images must be square with a side divisible by 8, got {w}x{h} ({first})")
+        raise PretrainError(f"pretraining images must be square with a side divisible by 8, got {w}x{h} "
+                            f"({pool / first}; ingest.image_size sets it)")
     return w
+
+
+def gather_images(params: Params, trainval: Path, pool: Path | None) -> tuple[Any, dict[str, float]]:
+    """The pretraining images as one tensor (N, 3, size, size) in [-1, 1]: every trainval image (train and val;
+    labels unused), then the pool's, at the trainval images' size; with their counts."""
+    import torch
+
+    names = read_ingest_manifest(trainval, params.classes)["file_name"].tolist()
+    if not names:
+        raise PretrainError(f"{trainval}/manifest.csv lists no images: nothing to pretrain the base on")
+    size = pool_image_size(trainval, names[0])
+    parts = [load_images(trainval, names, size)]
+    pool_names = read_pool(pool) if pool is not None else []
+    if pool_names:
+        parts.append(load_images(pool, pool_names, size))
+    return torch.cat(parts), {"trainval_images": float(len(names)), "pool_images": float(len(pool_names))}
+
+
+def random_hflip(x: Any, gen: Any) -> Any:
+    """Mirror each image of the batch left/right with probability 1/2 (only called when the data set allows it)."""
+    import torch
+
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -86,19 +130,21 @@ def _lr_schedule(optimizer: Any, warmup: int, total: int) -> Any:
     return get_scheduler("cosine", optimizer, num_warmup_steps=min(warmup, total), num_training_steps=max(total, 1))
 
 
-def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int) -> dict[str, float]:
-    """Train the tiny VAE as a KL autoencoder on ``images``; return its final reconstruction MSE."""
+def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int, hflip: bool = False) -> dict[str, float]:
+    """Train the tiny VAE as a KL autoencoder on ``images`` (randomly mirrored with ``hflip``); return its final
+    reconstruction MSE."""
     import torch
-
-    from tasks.progress import progress
+    from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     sched = _lr_schedule(opt, cfg.warmup_steps, cfg.vae_steps)
     vae.train()
     recent: list[float] = []
-    for step in progress(range(cfg.vae_steps), desc="pretrain vae", unit="step"):
+    for step in tqdm(range(cfg.vae_steps), desc="pretrain vae", disable=None):
         x = images[torch.randint(0, len(images), (cfg.vae_batch_size,), generator=gen)]
+        if hflip:
+            x = random_hflip(x, gen)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         mse = torch.nn.functional.mse_loss(recon, x)
@@ -113,16 +159,19 @@ def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int) -> dict[str, floa
     return {"vae_recon_mse": sum(recent) / max(len(recent), 1)}
 
 
-def encode_pool(vae: Any, images: Any, batch: int = 256) -> tuple[Any, Any]:
-    """Posterior mean and std of every pool image (computed once: the VAE is frozen while the UNet trains)."""
+def encode_pool(vae: Any, images: Any, batch: int = 256, hflip: bool = False) -> tuple[Any, Any]:
+    """Posterior mean and std of every image, and with ``hflip`` of its mirror image too (computed once: the VAE
+    is frozen while the UNet trains)."""
     import torch
 
     means, stds = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            dist = vae.encode(images[i:i + batch]).latent_dist
-            means.append(dist.mean)
-            stds.append(dist.std)
+            chunk = images[i:i + batch]
+            for x in ((chunk, chunk.flip(-1)) if hflip else (chunk,)):
+                dist = vae.encode(x).latent_dist
+                means.append(dist.mean)
+                stds.append(dist.std)
     return torch.cat(means), torch.cat(stds)
 
 
@@ -142,9 +191,9 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     """Pretrain the UNet to denoise the images' latents under ``caption`` (with caption dropout)."""
     import torch
     from diffusers import DDPMScheduler
+    from tqdm import tqdm
 
     from tasks.diffusion.prompts import encode_prompts
-    from tasks.progress import progress
 
     accelerator = make_accelerator(cfg.precision)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -157,7 +206,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     gen = torch.Generator().manual_seed(seed + 1)
     recent: list[float] = []
     start = time.perf_counter()
-    for step in progress(range(cfg.steps), desc="pretrain unet", unit="step"):
+    for step in tqdm(range(cfg.steps), desc="pretrain unet", disable=None):
         idx = torch.randint(0, len(means), (cfg.batch_size,), generator=gen)
         eps = torch.randn(means[idx].shape, generator=gen)
         latents = ((means[idx] + stds[idx] * eps) * scale).to(accelerator.device)
@@ -190,7 +239,7 @@ def sample_grid(pipe: Any, prompt: str, seed: int, n: int = 16, steps: int = 20)
 # --------------------------------------------------------------------------------------------- stage
 
 
-def pretrain_tiny(params: Params, pool: Path, out_dir: Path) -> PretrainOutputs:
+def pretrain_tiny(params: Params, trainval: Path, pool: Path | None, out_dir: Path) -> PretrainOutputs:
     """Build, pretrain and save the tiny pipeline under ``out_dir/pipeline``."""
     import torch
 
@@ -199,25 +248,26 @@ def pretrain_tiny(params: Params, pool: Path, out_dir: Path) -> PretrainOutputs:
 
     cfg = params.pretrain
     torch.manual_seed(params.seed)
-    names = read_pool(pool)
-    size = pool_image_size(pool, names[0])
-    images = load_images(pool, names, size)
-    log.info("pretraining the tiny base on %d pool images at %d²", len(images), size)
+    images, counts = gather_images(params, trainval, pool)
+    size = int(images.shape[-1])
+    hflip = params.baseline.augment.hflip
+    log.info("pretraining the tiny base on %d trainval + %d pool images at %d² (mirrored copies: %s)",
+             counts["trainval_images"], counts["pool_images"], size, hflip)
     pipe = build_tiny_pipeline(size, params.seed)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    metrics = train_vae(pipe.vae, images, cfg, params.seed)
+    metrics = {**counts, "hflip": float(hflip), **train_vae(pipe.vae, images, cfg, params.seed, hflip)}
     metrics["vae_seconds"] = time.perf_counter() - start
-    means, stds = encode_pool(pipe.vae, images)
+    means, stds = encode_pool(pipe.vae, images, hflip=hflip)
     metrics["vae_scaling_factor"] = set_latent_scale(pipe.vae, means)
     metrics.update(train_unet(pipe, means, stds, cfg, params.seed, pretrain_caption(params)))
     folder = save_pipeline(pipe, out_dir / "pipeline")
     grid = sample_grid(pipe, pretrain_caption(params), params.seed, cfg.sample_images, cfg.sample_steps)
-    save_png_atomic(grid, out_dir / "samples.png")
+    save_png_atomic(to_data_mode(grid, params.ingest.channels), out_dir / "samples.png")
     (out_dir / "base.json").unlink(missing_ok=True)
-    atomic_write_json(out_dir / "pipeline.json", {"base_model": "tiny", "hash": model_hash(folder),
-                                                   "pool_images": len(images), "image_size": size})
-    metrics["pool_images"] = float(len(images))
+    atomic_write_json(out_dir / "pipeline.json", {
+        "base_model": "tiny", "hash": model_hash(folder), "trainval_images": int(counts["trainval_images"]),
+        "pool_images": int(counts["pool_images"]), "hflip": hflip, "image_size": size})
     return PretrainOutputs(out_dir, folder, None, metrics)
 
 
@@ -237,14 +287,15 @@ def reference_base(cfg: Pretrain, out_dir: Path) -> PretrainOutputs:
     return PretrainOutputs(out_dir, None, out_dir / "base.json", {})
 
 
-def run(params: Params, *, pool: Path, out_dir: Path) -> PretrainOutputs:
-    """Pretrain the tiny base on ``pool`` (or reference an existing base) into ``out_dir``."""
+def run(params: Params, *, trainval: Path, pool: Path | None = None, out_dir: Path) -> PretrainOutputs:
+    """Pretrain the tiny base on the ``trainval`` images (+ the unlabeled ``pool``) into ``out_dir``, or reference
+    an existing base (a hub id or diffusers folder: nothing is trained, the inputs are not read)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(out_dir)
     if params.pretrain.base_model != "tiny":
         return reference_base(params.pretrain, out_dir)
-    return pretrain_tiny(params, Path(pool), out_dir)
+    return pretrain_tiny(params, Path(trainval), Path(pool) if pool is not None else None, out_dir)
 
 
 if __name__ == "__main__":

@@ -40,20 +40,17 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         "phantom": {},
         "ingest": {"raw": p.raw},
         "caption": {"trainval": p.ingest / "trainval"},
-        "pretrain": {"pool": p.phantom / "unlabeled"},
+        # The base learns the data set's own images (never the test split) and, when there is one, the pool.
+        "pretrain": {"trainval": p.ingest / "trainval", **({"pool": pool} if (pool := params.pretrain_pool()) else {})},
         "dreambooth": {"base": p.pretrain, "caption": p.caption},
         "generate": {"model": p.dreambooth / "model", "prompts": p.caption / "prompts.json"},
         "baseline": {"caption": p.caption},
-        # caption/val: calibration; caption/train: the quality gate and memorisation check
-        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},
+        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},  # caption/val: calibration
         "review": {"predictions": p.predict, "generated": p.generate},
         # Only the decisions feed training: queue.csv or audit.jsonl changing must not trigger a retrain.
-        # predict: its memorisation flags (copies of real train images are never trained on) and quality gate.
-        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv",
-                    "predict": p.predict},
+        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv"},
         "evaluate": {"test": p.ingest / "test", "caption": p.caption, "generated": p.generate,
-                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain,
-                     "predict": p.predict},
+                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain},
     }
     return table[stage]
 
@@ -107,12 +104,9 @@ def run_stage(stage: str, params: Params) -> Any:
 
 def cli_main(stage: str, argv: list[str] | None = None) -> None:
     """Entry point of ``python -m tasks.<stage>``: exit 0 on success, 3 when waiting for review, 1 on error."""
-    from tasks.overrides import record_resolved
-
     configure_logging()
     try:
-        # record_resolved: params.resolved.yaml is what DVC checks beside params.yaml (profile, overrides).
-        run_stage(stage, record_resolved())
+        run_stage(stage, load_params())
     except WaitingForReview as err:
         log.warning("%s", err)
         sys.exit(EXIT_WAITING)

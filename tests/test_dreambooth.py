@@ -20,12 +20,16 @@ from tasks.diffusion.dreambooth_data import DreamboothError, data_hash
 from tasks.diffusion.training import NonFiniteLoss
 
 
-def write_pool(folder: Path, n: int) -> Path:
+def write_trainval(folder: Path, n: int) -> Path:
+    """An ingest trainval split of ``n`` disc images (what pretrain learns the domain from)."""
     folder.mkdir(parents=True)
-    names = [f"pool-{i:03d}.png" for i in range(n)]
+    names = [f"train/img-{i:03d}.png" for i in range(n)]
+    (folder / "train").mkdir()
     for i, name in enumerate(names):
         disc_image(CLASSES[i % 2], i).save(folder / name)
-    pd.DataFrame({"file_name": names, "caption": "x"}).to_csv(folder / "metadata.csv", index=False)
+    pd.DataFrame({"file_name": names, "label": [CLASSES[i % 2] for i in range(n)], "split": "train",
+                  "sha256": [f"{i:064x}" for i in range(n)], "group": [str(i) for i in range(n)],
+                  "width": SIZE, "height": SIZE}).to_csv(folder / "manifest.csv", index=False)
     return folder
 
 
@@ -35,8 +39,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("db")
     params = make_params(root, {"pretrain": {"steps": 3, "vae_steps": 3, "batch_size": 4, "sample_images": 2,
                                              "sample_steps": 2}})
-    pool = write_pool(root / "pool", 8)
-    pretrain.run(params, pool=pool, out_dir=params.paths.pretrain)
+    pretrain.run(params, trainval=write_trainval(root / "trainval", 8), out_dir=params.paths.pretrain)
     return {"root": root, "base": params.paths.pretrain, "caption": write_caption(root / "caption")}
 
 
@@ -276,10 +279,13 @@ def test_run_stage_logs_loss_validation_and_model_to_mlflow(tmp_path: Path, worl
     shutil.copytree(world["caption"], params.paths.caption)
     run_stage("dreambooth", params)
     client = MlflowClient()
-    run = mlflow.search_runs(experiment_names=["synthloop"], output_format="list")[0]
+    run = mlflow.search_runs(experiment_names=["synthloop"], filter_string="tags.`synthloop.stage` = 'dreambooth'",
+                             output_format="list")[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"validation", "model"} <= top
+    assert "validation" in top
+    # the pipeline is an MLflow model (tasks/generation/mlflow_pipeline.py), registered with an alias
+    assert client.get_model_version_by_alias("synthloop-dreambooth", "dreambooth").run_id == run.info.run_id
     assert [a.path for a in client.list_artifacts(run.info.run_id, "validation")] == ["validation/step-000004.png"]
     assert json.loads((params.paths.metrics / "dreambooth.json").read_text())["validation_flagged"] == 0
 

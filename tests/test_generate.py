@@ -288,3 +288,100 @@ def test_accelerate_launch_two_cpu_processes_byte_identical_to_in_process(inputs
     runs = mlflow.search_runs(experiment_names=["synthloop"], output_format="list")
     assert [r.info.run_name for r in runs] == ["generate"] and runs[0].data.metrics["generated"] == 8
     assert json.loads((params.paths.metrics / "generate.json").read_text())["generated"] == 8
+
+
+def test_generated_images_follow_the_data_sets_colour_mode(inputs, tmp_path):
+    """ingest.channels 1: every saved image (and grid) is mode L, the luma of what the RGB run draws; 3: RGB."""
+    import numpy as np
+    from PIL import Image
+
+    runs = {}
+    for channels in (1, 3):
+        p = make_params(tmp_path / str(channels), {"generate": {"num_images": 4}, "ingest": {"channels": channels}})
+        out = _run(p, inputs, p.paths.generate)
+        runs[channels] = {f.relative_to(out.images).as_posix(): Image.open(f) for f in sorted(out.images.rglob("*.png"))}
+        grid_modes = {Image.open(g).mode for g in out.grids.glob("*.png")}
+        assert grid_modes == {"L" if channels == 1 else "RGB"}
+    assert len(runs[1]) == 4 and runs[1].keys() == runs[3].keys()
+    assert {im.mode for im in runs[1].values()} == {"L"} and {im.mode for im in runs[3].values()} == {"RGB"}
+    assert any(np.ptp(np.asarray(im, dtype=int), axis=-1).max() > 0 for im in runs[3].values()), \
+        "the random tiny model draws colour: the RGB run must keep it"
+    for name, gray in runs[1].items():
+        luma = np.asarray(runs[3][name].convert("L"), dtype=int)
+        assert np.abs(np.asarray(gray, dtype=int) - luma).max() <= 1, name
+
+
+# --------------------------------------------------------------------------------------------- top-up
+def _filter_a_third(monkeypatch) -> None:
+    """A filter that drops about one image in three, decided by the image's own bytes (deterministic like the
+    real filters): stands in for a model that sometimes renders black or flat images."""
+    import hashlib
+
+    from tasks.generation.filters import quantise
+
+    real = shards.image_status
+
+    def status(image):
+        if hashlib.sha256(quantise(image).tobytes()).digest()[0] % 3 == 0:
+            return "black"
+        return real(image)
+
+    monkeypatch.setattr(shards, "image_status", status)
+
+
+@pytest.fixture(scope="module")
+def topped_up(inputs, tmp_path_factory):
+    """One uninterrupted run with the one-in-three filter and 3 top-up rounds: (snapshot, manifest, metrics)."""
+    mp = pytest.MonkeyPatch()
+    _filter_a_third(mp)
+    try:
+        root = tmp_path_factory.mktemp("generate-topup")
+        out = _run(make_params(root, {"generate": {"top_up_rounds": 3}}), inputs, root / "out")
+    finally:
+        mp.undo()
+    return _snapshot(root / "out"), pd.read_csv(out.manifest, keep_default_na=False), out.metrics
+
+
+def test_top_up_replaces_filtered_images_so_each_class_reaches_its_count(topped_up):
+    from tasks.generation.plan import derive_seed
+
+    _, manifest, metrics = topped_up
+    extra = manifest[manifest["top_up_round"] > 0]
+    assert len(extra) > 0 and metrics["top_up_images"] == len(extra)  # the filter dropped some planned images
+    assert len(manifest[manifest["top_up_round"] == 0]) == 8
+    ok = manifest[manifest["status"] == "ok"]["intended_label"].value_counts()
+    for c in CLASSES:  # every class has its 4 planned ok images, or the shortfall says what is missing
+        assert ok.get(c, 0) == 4 or metrics["shortfall"] > 0
+    assert metrics["shortfall"] == sum(max(0, 4 - ok.get(c, 0)) for c in CLASSES)
+    assert manifest["index"].tolist() == list(range(len(manifest)))
+    assert (extra["seed"] == [derive_seed(100, i) for i in extra["index"]]).all()
+    assert extra["shard"].min() >= 2 and metrics["top_up_rounds_run"] == extra["top_up_round"].max()
+
+
+def test_top_up_resume_after_kill_is_the_uninterrupted_set(inputs, tmp_path, monkeypatch, topped_up):
+    reference, manifest, _ = topped_up
+    _filter_a_third(monkeypatch)
+    params = make_params(tmp_path, {"generate": {"top_up_rounds": 3}})
+    real, calls = shards._write_image, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # the first top-up image: the planned 8 are written and recorded
+            raise _Killed("killed in the first top-up round")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "_write_image", dying)
+    with pytest.raises(_Killed):
+        _run(params, inputs, tmp_path / "out")
+    monkeypatch.setattr(shards, "_write_image", real)
+    out = _run(params, inputs, tmp_path / "out")
+    assert _snapshot(tmp_path / "out") == reference
+    assert out.metrics["reused"] == 8 and out.metrics["generated"] == len(manifest) - 8
+
+
+def test_top_up_off_keeps_the_shortfall_visible(inputs, tmp_path, monkeypatch, topped_up):
+    _filter_a_third(monkeypatch)
+    out = _run(make_params(tmp_path, {"generate": {"top_up_rounds": 0}}), inputs, tmp_path / "out")
+    manifest = pd.read_csv(out.manifest)
+    assert len(manifest) == 8 and (manifest["top_up_round"] == 0).all()
+    assert out.metrics["top_up_images"] == 0 and out.metrics["shortfall"] == (manifest["status"] != "ok").sum() > 0

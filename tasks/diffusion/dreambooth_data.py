@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.diffusion.colour import to_data_mode
 from tasks.diffusion.pipeline import model_hash
 from tasks.diffusion.training import load_images
 from tasks.io import atomic_write_json, save_png_atomic, sha256_file, tree_hash
@@ -103,15 +104,17 @@ def encode_latents(pipe: Any, images: Any, device: Any, batch: int = 32) -> tupl
 
 
 def class_images(pipe: Any, prompt: str, count: int, seed: int, folder: Path, base_hash: str,
-                 cfg: Dreambooth) -> list[Path]:
-    """Prior-preservation images of ``prompt`` from the base model, generated once and cached in ``folder``.
+                 cfg: Dreambooth, channels: int = 3) -> list[Path]:
+    """Prior-preservation images of ``prompt`` from the base model, generated once and cached in ``folder``, in
+    the data set's colour mode (``channels``, ingest.channels) like the instance images they are trained beside.
 
-    The cache is keyed by base hash, prompt, seed, sampler settings and image index; a mismatch regenerates.
+    The cache is keyed by base hash, prompt, seed, sampler settings, channels and image index; a mismatch
+    regenerates.
     """
     import torch
 
     key = {"base_hash": base_hash, "prompt": prompt, "seed": seed, "steps": cfg.inference_steps,
-           "guidance": cfg.guidance_scale}
+           "guidance": cfg.guidance_scale, "channels": channels}
     record = folder / "class_images.json"
     cached = json.loads(record.read_text()) if record.is_file() else {}
     paths = [folder / f"{i:05d}.png" for i in range(count)]
@@ -126,7 +129,7 @@ def class_images(pipe: Any, prompt: str, count: int, seed: int, folder: Path, ba
         out = pipe([prompt] * len(chunk), num_inference_steps=cfg.inference_steps,
                    guidance_scale=cfg.guidance_scale, generator=gens).images
         for i, img in zip(chunk, out):
-            save_png_atomic(img, paths[i])
+            save_png_atomic(to_data_mode(img, channels), paths[i])
     atomic_write_json(record, {"key": key, "count": count})
     return paths
 

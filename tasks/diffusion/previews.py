@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tasks.diffusion.colour import to_data_channels, to_data_mode
 from tasks.diffusion.dreambooth_data import read_caption
 from tasks.sections import Dreambooth
 
@@ -28,8 +29,9 @@ def image_flags(images: Any) -> list[str]:
 
 
 def validation_grid(pipe: Any, prompts: list[tuple[str, str]], n: int, seed: int,
-                    cfg: Dreambooth) -> tuple[Any, dict]:
+                    cfg: Dreambooth, channels: int = 3) -> tuple[Any, dict]:
     """One row per (prompt, negative prompt), the same ``n`` seeds in every row; the grid and flag/difference metrics.
+    The grid is in the data set's colour mode (``channels``, ingest.channels), as generate's images are.
 
     Negative prompts follow prompts.json as generation does (``class_negatives``), so the grid previews what the
     generate stage will make of each class.
@@ -47,15 +49,23 @@ def validation_grid(pipe: Any, prompts: list[tuple[str, str]], n: int, seed: int
         pos, neg = (prompt_embedding(pipe, text).expand(n, -1, -1) for text in (prompt, negative))
         out = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=cfg.inference_steps,
                    guidance_scale=cfg.guidance_scale, generator=gens, output_type="np").images
-        rows.append(out)
+        rows.append(to_data_channels(np.asarray(out, dtype=np.float32), channels))
     flags = [f for row in rows for f in image_flags(row)]
     diffs = [float(np.abs(rows[a] - rows[b]).mean()) for a in range(len(rows)) for b in range(a + 1, len(rows))]
     metrics = {"validation_flagged": float(sum(f != "ok" for f in flags)),
                "validation_class_difference": float(np.mean(diffs)) if diffs else 0.0}
     if len(rows) > 1:
         rows.append(class_spread(rows))
-    pil = [Image.fromarray((np.nan_to_num(img) * 255).round().clip(0, 255).astype("uint8")) for r in rows for img in r]
-    return make_image_grid(pil, rows=len(rows), cols=n), metrics
+    pil = [Image.fromarray(_to_u8(img)) for r in rows for img in r]
+    return to_data_mode(make_image_grid(pil, rows=len(rows), cols=n), channels), metrics
+
+
+def _to_u8(image: Any) -> Any:
+    """A float image (H, W, C) in [0, 1] as uint8 for PIL; one channel becomes (H, W), i.e. mode L."""
+    import numpy as np
+
+    u8 = (np.nan_to_num(image) * 255).round().clip(0, 255).astype("uint8")
+    return u8[:, :, 0] if u8.shape[-1] == 1 else u8
 
 
 def class_spread(rows: list[Any]) -> Any:

@@ -39,6 +39,7 @@ class Trainer:
     fingerprint: dict
     step: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    channels: int = 3  # ingest.channels: validation grids in the data set's colour mode
 
 
 def compute_loss(tr: Trainer, batch: dict, micro_step: int) -> Any:
@@ -80,14 +81,13 @@ def train_step(tr: Trainer) -> float:
 
 def train_loop(tr: Trainer, caption: Path, run: Any) -> dict[str, float]:
     """Train from ``tr.step`` to ``cfg.steps`` with checkpoints and validation; return headline metrics."""
-    from tasks.progress import progress
+    from tqdm import tqdm
 
     cfg, acc = tr.cfg, tr.accelerator
     metrics: dict[str, float] = {}
     start, first = time.perf_counter(), tr.step
     prompts = validation_prompts(caption, cfg)
-    bar = progress(total=cfg.steps, initial=tr.step, desc="dreambooth", unit="step",
-                   disable=not acc.is_main_process)
+    bar = tqdm(total=cfg.steps, initial=tr.step, desc="dreambooth", disable=not acc.is_main_process or None)
     while tr.step < cfg.steps:
         loss = train_step(tr)
         tr.step += 1
@@ -117,7 +117,7 @@ def validate(tr: Trainer, prompts: list[str], run: Any) -> dict[str, float]:
     import torch
 
     with torch.no_grad(), _eval_mode(tr.trainable), tr.accelerator.autocast():
-        grid, metrics = validation_grid(tr.pipe, prompts, tr.cfg.validation_images, tr.seed, tr.cfg)
+        grid, metrics = validation_grid(tr.pipe, prompts, tr.cfg.validation_images, tr.seed, tr.cfg, tr.channels)
     name = f"step-{tr.step:06d}.png"
     save_png_atomic(grid, tr.out_dir / "validation" / name)
     if metrics["validation_flagged"]:

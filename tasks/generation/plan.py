@@ -56,7 +56,7 @@ def _interleave(counts: dict[str, int]) -> list[str]:
 
 def _recipe(row: dict[str, Any], g: Generate) -> str:
     """Hash of everything that decides an image's bytes; a manifest row is reused only if its recipe matches."""
-    keys = ("prompt", "negative_prompt", "seed", "scheduler", "steps", "guidance", "height", "width",
+    keys = ("prompt", "negative_prompt", "seed", "scheduler", "steps", "guidance", "height", "width", "channels",
             "model_hash", "batch", "slot")
     payload = {k: row[k] for k in keys} | {"batch_size": g.batch_size, "precision": g.precision,
                                            "cpu_threads": g.cpu_threads}
@@ -135,7 +135,8 @@ def plan_generation(params: Params, prompts: dict[str, Any], *, model_hash: str 
                    g.negative_prompt),
                "seed": derive_seed(params.seed, index),
                "scheduler": g.scheduler, "steps": g.num_inference_steps, "guidance": g.guidance_scale,
-               "height": size, "width": size, "model_hash": model_hash, "shard": shard,
+               "height": size, "width": size, "channels": params.ingest.channels, "model_hash": model_hash,
+               "shard": shard,
                "batch": in_shard // g.batch_size, "slot": in_shard % g.batch_size}
         row["recipe"] = _recipe(row, g)
         rows.append(row)

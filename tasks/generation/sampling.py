@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tasks.diffusion.colour import to_data_channels
 from tasks.diffusion.pipeline import load_pipeline, set_scheduler
 from tasks.diffusion.prompts import prompt_embedding
 from tasks.stage import StageError
@@ -84,8 +85,8 @@ def render_batch(pipe: Any, rows: Sequence[dict[str, Any]], precision: str = "fp
                  cache: dict[str, Any] | None = None, latents: Any = None) -> np.ndarray:
     """Run one batch through the pipeline; float images (B, H, W, C) in [0, 1], NaN kept for the filters.
 
-    All rows share steps, guidance, size and scheduler (one plan). ``latents`` overrides the seeds' noise
-    (the interpolation grid).
+    All rows share steps, guidance, size, scheduler and ``channels`` (one plan): the images come back in the data
+    set's colour mode (``tasks.diffusion.colour``). ``latents`` overrides the seeds' noise (the interpolation grid).
     """
     import torch
 
@@ -101,4 +102,4 @@ def render_batch(pipe: Any, rows: Sequence[dict[str, Any]], precision: str = "fp
         out = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=latents.to(pipe.device, pipe.unet.dtype),
                    num_inference_steps=int(first["steps"]), guidance_scale=float(first["guidance"]),
                    height=int(first["height"]), width=int(first["width"]), output_type="np")
-    return np.asarray(out.images, dtype=np.float32)
+    return to_data_channels(np.asarray(out.images, dtype=np.float32), int(first["channels"]))

@@ -44,6 +44,9 @@ def test_validation_uses_the_class_negatives_of_prompts_json(tmp_path: Path) -> 
     grid, metrics = validation_grid(pipe, pairs, 2, 0, quick)
     assert grid.size == (2 * SIZE, 3 * SIZE), "a row per class, then the class-spread row"
     assert metrics["validation_class_difference"] > 0
+    assert grid.mode == "RGB"
+    gray, _ = validation_grid(pipe, pairs, 2, 0, quick, channels=1)
+    assert gray.mode == "L" and gray.size == grid.size, "a grayscale data set gets a grayscale grid"
 
 
 def test_class_spread_lights_up_where_the_classes_differ() -> None:
