@@ -134,14 +134,14 @@ def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int, hflip: bool = Fal
     """Train the tiny VAE as a KL autoencoder on ``images`` (randomly mirrored with ``hflip``); return its final
     reconstruction MSE."""
     import torch
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     sched = _lr_schedule(opt, cfg.warmup_steps, cfg.vae_steps)
     vae.train()
     recent: list[float] = []
-    for step in tqdm(range(cfg.vae_steps), desc="pretrain vae", disable=None):
+    for step in progress(range(cfg.vae_steps), desc="pretrain vae", unit="step"):
         x = images[torch.randint(0, len(images), (cfg.vae_batch_size,), generator=gen)]
         if hflip:
             x = random_hflip(x, gen)
@@ -191,7 +191,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     """Pretrain the UNet to denoise the images' latents under ``caption`` (with caption dropout)."""
     import torch
     from diffusers import DDPMScheduler
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     from tasks.diffusion.prompts import encode_prompts
 
@@ -206,7 +206,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     gen = torch.Generator().manual_seed(seed + 1)
     recent: list[float] = []
     start = time.perf_counter()
-    for step in tqdm(range(cfg.steps), desc="pretrain unet", disable=None):
+    for step in progress(range(cfg.steps), desc="pretrain unet", unit="step"):
         idx = torch.randint(0, len(means), (cfg.batch_size,), generator=gen)
         eps = torch.randn(means[idx].shape, generator=gen)
         latents = ((means[idx] + stds[idx] * eps) * scale).to(accelerator.device)

@@ -45,12 +45,16 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         "dreambooth": {"base": p.pretrain, "caption": p.caption},
         "generate": {"model": p.dreambooth / "model", "prompts": p.caption / "prompts.json"},
         "baseline": {"caption": p.caption},
-        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},  # caption/val: calibration
+        # caption/val: calibration; caption/train: the quality gate and memorisation check
+        "predict": {"model": p.baseline, "generated": p.generate, "caption": p.caption},
         "review": {"predictions": p.predict, "generated": p.generate},
         # Only the decisions feed training: queue.csv or audit.jsonl changing must not trigger a retrain.
-        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv"},
+        # predict: its memorisation flags (copies of real train images are never trained on) and quality gate.
+        "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv",
+                    "predict": p.predict},
         "evaluate": {"test": p.ingest / "test", "caption": p.caption, "generated": p.generate,
-                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain},
+                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain,
+                     "predict": p.predict},
     }
     return table[stage]
 
@@ -104,9 +108,12 @@ def run_stage(stage: str, params: Params) -> Any:
 
 def cli_main(stage: str, argv: list[str] | None = None) -> None:
     """Entry point of ``python -m tasks.<stage>``: exit 0 on success, 3 when waiting for review, 1 on error."""
+    from tasks.overrides import record_resolved
+
     configure_logging()
     try:
-        run_stage(stage, load_params())
+        # record_resolved: params.resolved.yaml is what DVC checks beside params.yaml (profile, overrides).
+        run_stage(stage, record_resolved())
     except WaitingForReview as err:
         log.warning("%s", err)
         sys.exit(EXIT_WAITING)

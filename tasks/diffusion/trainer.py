@@ -81,13 +81,14 @@ def train_step(tr: Trainer) -> float:
 
 def train_loop(tr: Trainer, caption: Path, run: Any) -> dict[str, float]:
     """Train from ``tr.step`` to ``cfg.steps`` with checkpoints and validation; return headline metrics."""
-    from tqdm import tqdm
+    from tasks.progress import progress
 
     cfg, acc = tr.cfg, tr.accelerator
     metrics: dict[str, float] = {}
     start, first = time.perf_counter(), tr.step
     prompts = validation_prompts(caption, cfg)
-    bar = tqdm(total=cfg.steps, initial=tr.step, desc="dreambooth", disable=not acc.is_main_process or None)
+    bar = progress(total=cfg.steps, initial=tr.step, desc="dreambooth", unit="step",
+                   disable=not acc.is_main_process)
     while tr.step < cfg.steps:
         loss = train_step(tr)
         tr.step += 1
