@@ -20,6 +20,10 @@ CUDA, ``accelerate launch --multi_gpu --num_processes N`` runs N CPU processes o
 reconciles the folder; the shards still missing are dealt out round-robin, each process generating its own on its
 own device; after a barrier the main process alone writes manifest, metadata, grids and metrics. Same bytes.
 
+Top-up (``generate.top_up_rounds``): images the filters drop are replaced in up to that many extra rounds, so
+each class reaches its planned count of ok images; a round is derived from the statuses on disk, so a resumed run
+re-derives the rounds already under way (``tasks.generation.topup``).
+
 The pieces live in the generation wing (tasks/generation/: plan, filters, sampling, shards, engines, pictures);
 this module keeps ``run()`` and the steps it calls.
 """
@@ -43,6 +47,7 @@ from tasks.generation.pictures import _log_grids, _write_class_grids, _write_int
 from tasks.generation.plan import _IMAGES, plan_generation
 from tasks.generation.sampling import prepare_pipeline
 from tasks.generation.shards import MANIFEST_COLUMNS, _read_shard_manifests, shard_jobs
+from tasks.generation.topup import TOP_UP, extend_known_plan, shortfall, top_up_rows, verified_rows
 from tasks.io import atomic_write_csv
 from tasks.params import Params
 from tasks.sections import Generate
@@ -69,12 +74,23 @@ def _finalise(out_dir: Path, plan: pd.DataFrame, classes: Sequence[str]) -> pd.D
     if len(rows) != len(plan):
         raise StageError(f"generate: {len(plan) - len(rows)} planned images are missing after the run")
     manifest = mark_duplicates(rows)[list(MANIFEST_COLUMNS)]
-    validate(manifest, "generate_manifest", classes=classes)
+    validate(manifest, "generate_manifest", classes=classes,
+             extra=[("ExpectColumnValuesToBeBetween", {"column": TOP_UP, "min_value": 0, "max_value": None})])
     atomic_write_csv(out_dir / "manifest.csv", manifest)
     ok = manifest[manifest["status"] == "ok"]
     metadata = pd.DataFrame({"file_name": ok["file_name"], "text": ok["prompt"], "label": ok["intended_label"]})
     atomic_write_csv(out_dir / "metadata.csv", metadata)
     return manifest
+
+
+def _on_main(state: Any, compute: Any) -> Any:
+    """``compute()`` on the main process only (it reads the shared folder); the others receive its result."""
+    value = compute() if _is_main(state) else None
+    if state is None:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
 
 
 def _read_prompts(prompts: Path) -> dict[str, Any]:
@@ -101,13 +117,23 @@ def run(params: Params, *, model: Path, prompts: Path, out_dir: Path) -> Generat
     out_dir.mkdir(parents=True, exist_ok=True)
     pipe = prepare_pipeline(model, g.scheduler, g.precision, device=None if state is None else state.device)
     native = int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
-    plan = plan_generation(params, spec, model_hash=hash_model(model), image_size=native)
+    plan = plan_generation(params, spec, model_hash=hash_model(model), image_size=native).assign(**{TOP_UP: 0})
+    # Top-up rounds a killed run had started are re-derived from its images, so reconcile keeps them.
+    plan = _on_main(state, lambda: extend_known_plan(out_dir, plan, g, params.seed))
     valid = _reconcile_on_main(state, out_dir, plan)
-    jobs = shard_jobs(plan, valid, model_dir=model, out_dir=out_dir, g=g)
     start = time.perf_counter()
-    written = _map_own_shards(state, jobs, g, pipe)
+    written, reused = 0, len(valid)
+    while True:
+        written += _map_own_shards(state, shard_jobs(plan, valid, model_dir=model, out_dir=out_dir, g=g), g, pipe)
+        valid = _on_main(state, lambda: verified_rows(out_dir, plan))
+        extra = top_up_rows(plan, valid, g, params.seed)
+        if extra.empty:
+            break
+        log.info("generate: top-up round %d: %d images for %s", int(extra[TOP_UP].max()), len(extra),
+                 extra["intended_label"].value_counts().to_dict())
+        plan = pd.concat([plan, extra], ignore_index=True)
     seconds = time.perf_counter() - start
-    metrics = _summarise(out_dir, plan, spec, pipe, g, written, len(valid), seconds) if _is_main(state) else None
+    metrics = _summarise(out_dir, plan, spec, pipe, g, written, reused, seconds) if _is_main(state) else None
     if state is not None:  # the other processes return only once the shared files exist
         from accelerate.utils import broadcast_object_list
 
@@ -127,9 +153,16 @@ def _summarise(out_dir: Path, plan: pd.DataFrame, spec: dict[str, Any], pipe: An
         stale.unlink()
     _log_grids(grids)
     counts = manifest["status"].value_counts()
+    short = shortfall(plan, manifest)
+    if any(short.values()):
+        log.warning("generate: after %d top-up rounds, classes still short of their planned ok images: %s "
+                    "(raise generate.top_up_rounds, or look at grids/ for why the filters drop them)",
+                    g.top_up_rounds, {c: n for c, n in short.items() if n})
     metrics = {"images": float(len(manifest)), "generated": float(written), "reused": float(reused),
                "images_per_second": round(written / seconds, 3) if written else 0.0,
-               **{f"status_{s}": float(counts.get(s, 0)) for s in STATUSES}}
+               **{f"status_{s}": float(counts.get(s, 0)) for s in STATUSES},
+               "top_up_images": float((manifest[TOP_UP] > 0).sum()), "top_up_rounds_run": float(plan[TOP_UP].max()),
+               "shortfall": float(sum(short.values()))}
     log.info("generate: %d images (%d new), statuses %s", len(manifest), written, counts.to_dict())
     return metrics
 

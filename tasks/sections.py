@@ -241,6 +241,7 @@ class Generate(Section):
     grid_per_class: int = Field(16, ge=1)
     #: Frames of a latent slerp between two seeds (grids/interpolation.png); 0 = off.
     interpolation_frames: int = Field(0, ge=0)
+    top_up_rounds: int = Field(2, ge=0, le=10)  # rounds replacing filtered images per class (generation/topup.py)
 
     @field_validator("prompt_templates")
     @classmethod
@@ -306,9 +307,8 @@ class Predict(Section):
     #: against its real train images (baseline features) is flagged "out of the real manifold".
     min_class_precision: float = Field(0.1, ge=0, le=1)
     prc_neighborhood: int = Field(3, ge=1)  # k of the k-NN precision/recall (Kynkäänniemi et al. 2019)
-    #: Memorisation check (tasks/generation/memorisation.py): a generated image within this many pHash bits (of
-    #: 256) of a real train image, or whose baseline-feature cosine distance to one is at most feature_ratio × the
-    #: median nearest-neighbour distance among the real train images, is a copy: kept out of review and retrain.
+    #: Memorisation check (tasks/generation/memorisation.py): within this many pHash bits of a real train image, or
+    #: feature_ratio × the real images' median neighbour distance (features), a generated image is a copy.
     memorisation_phash_distance: int = Field(12, ge=0, le=256)
     memorisation_feature_ratio: float = Field(0.1, ge=0, le=1)
 

@@ -309,3 +309,79 @@ def test_generated_images_follow_the_data_sets_colour_mode(inputs, tmp_path):
     for name, gray in runs[1].items():
         luma = np.asarray(runs[3][name].convert("L"), dtype=int)
         assert np.abs(np.asarray(gray, dtype=int) - luma).max() <= 1, name
+
+
+# --------------------------------------------------------------------------------------------- top-up
+def _filter_a_third(monkeypatch) -> None:
+    """A filter that drops about one image in three, decided by the image's own bytes (deterministic like the
+    real filters): stands in for a model that sometimes renders black or flat images."""
+    import hashlib
+
+    from tasks.generation.filters import quantise
+
+    real = shards.image_status
+
+    def status(image):
+        if hashlib.sha256(quantise(image).tobytes()).digest()[0] % 3 == 0:
+            return "black"
+        return real(image)
+
+    monkeypatch.setattr(shards, "image_status", status)
+
+
+@pytest.fixture(scope="module")
+def topped_up(inputs, tmp_path_factory):
+    """One uninterrupted run with the one-in-three filter and 3 top-up rounds: (snapshot, manifest, metrics)."""
+    mp = pytest.MonkeyPatch()
+    _filter_a_third(mp)
+    try:
+        root = tmp_path_factory.mktemp("generate-topup")
+        out = _run(make_params(root, {"generate": {"top_up_rounds": 3}}), inputs, root / "out")
+    finally:
+        mp.undo()
+    return _snapshot(root / "out"), pd.read_csv(out.manifest, keep_default_na=False), out.metrics
+
+
+def test_top_up_replaces_filtered_images_so_each_class_reaches_its_count(topped_up):
+    from tasks.generation.plan import derive_seed
+
+    _, manifest, metrics = topped_up
+    extra = manifest[manifest["top_up_round"] > 0]
+    assert len(extra) > 0 and metrics["top_up_images"] == len(extra)  # the filter dropped some planned images
+    assert len(manifest[manifest["top_up_round"] == 0]) == 8
+    ok = manifest[manifest["status"] == "ok"]["intended_label"].value_counts()
+    for c in CLASSES:  # every class has its 4 planned ok images, or the shortfall says what is missing
+        assert ok.get(c, 0) == 4 or metrics["shortfall"] > 0
+    assert metrics["shortfall"] == sum(max(0, 4 - ok.get(c, 0)) for c in CLASSES)
+    assert manifest["index"].tolist() == list(range(len(manifest)))
+    assert (extra["seed"] == [derive_seed(100, i) for i in extra["index"]]).all()
+    assert extra["shard"].min() >= 2 and metrics["top_up_rounds_run"] == extra["top_up_round"].max()
+
+
+def test_top_up_resume_after_kill_is_the_uninterrupted_set(inputs, tmp_path, monkeypatch, topped_up):
+    reference, manifest, _ = topped_up
+    _filter_a_third(monkeypatch)
+    params = make_params(tmp_path, {"generate": {"top_up_rounds": 3}})
+    real, calls = shards._write_image, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # the first top-up image: the planned 8 are written and recorded
+            raise _Killed("killed in the first top-up round")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "_write_image", dying)
+    with pytest.raises(_Killed):
+        _run(params, inputs, tmp_path / "out")
+    monkeypatch.setattr(shards, "_write_image", real)
+    out = _run(params, inputs, tmp_path / "out")
+    assert _snapshot(tmp_path / "out") == reference
+    assert out.metrics["reused"] == 8 and out.metrics["generated"] == len(manifest) - 8
+
+
+def test_top_up_off_keeps_the_shortfall_visible(inputs, tmp_path, monkeypatch, topped_up):
+    _filter_a_third(monkeypatch)
+    out = _run(make_params(tmp_path, {"generate": {"top_up_rounds": 0}}), inputs, tmp_path / "out")
+    manifest = pd.read_csv(out.manifest)
+    assert len(manifest) == 8 and (manifest["top_up_round"] == 0).all()
+    assert out.metrics["top_up_images"] == 0 and out.metrics["shortfall"] == (manifest["status"] != "ok").sum() > 0

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 #: The hand-off table (docs/ARCHITECTURE.md) plus bookkeeping columns used for resume.
 MANIFEST_COLUMNS = ("file_name", "intended_label", "prompt", "negative_prompt", "seed", "scheduler", "steps",
-                    "guidance", "model_hash", "status", "sha256", "shard", "index", "recipe")
+                    "guidance", "model_hash", "status", "sha256", "shard", "index", "recipe", "top_up_round")
 _SHARDS = "shards"
 
 
@@ -183,7 +183,10 @@ def reconcile(out_dir: Path, plan: pd.DataFrame) -> pd.DataFrame:
     """
     removed_tmp = clean_stale_temp(out_dir)
     existing = _read_shard_manifests(out_dir)
-    keep = existing.merge(plan[["file_name", "recipe"]], on=["file_name", "recipe"], how="inner")
+    # top_up_round comes from the plan (a shard manifest of an older version has no such column).
+    plan_cols = [c for c in ("file_name", "recipe", "top_up_round") if c in plan]
+    keep = existing.drop(columns=["top_up_round"], errors="ignore").merge(plan[plan_cols], on=["file_name", "recipe"],
+                                                                          how="inner")
     keep = keep.drop_duplicates("file_name")
     ok = [(out_dir / f).is_file() and sha256_file(out_dir / f) == h for f, h in zip(keep["file_name"], keep["sha256"])]
     valid = keep[np.array(ok, dtype=bool)] if len(keep) else keep

@@ -45,6 +45,7 @@ from starlette.staticfiles import StaticFiles
 from tasks.params import Params
 from tasks.review.modes import apply_mode
 from tasks.review.store import open_store
+from tasks.review.queue import flagged_classes
 from tasks.review.status import review_url
 from tasks.review.store import Conflict, ReviewError, ReviewStore
 
@@ -133,6 +134,8 @@ class ReviewApp:
         self.image_root = Path(params.paths.generate)
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS / "templates"),
                                             autoescape=jinja2.select_autoescape(["html"]))
+        # predict's quality gate: a banner per class whose generated images lie outside the real manifold.
+        self.quality_flags = flagged_classes(params.paths.predict, store.classes)
 
     def starlette(self) -> Any:
         routes = [
@@ -153,7 +156,7 @@ class ReviewApp:
                   "mode": self.params.review.mode}
         html = self.templates.get_template("review.html").render(
             csrf_token=self.csrf_token, config=config, default_reviewer=self.reviewer,
-            threshold=self.params.review.confidence_threshold)
+            threshold=self.params.review.confidence_threshold, quality_flags=self.quality_flags)
         return HTMLResponse(html)
 
     async def items(self, request: Request) -> Response:

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from tasks.stage import StageError
-from tasks.tables import MANIFEST_FILE, QUEUE_COLUMNS, REJECT, read_generate_manifest, read_predictions
+from tasks.tables import (CLASS_QUALITY_FILE, MANIFEST_FILE, QUEUE_COLUMNS, REJECT, read_class_quality,
+                          read_generate_manifest, read_predictions)
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +84,12 @@ def load_queue(predictions: Path, generated: Path, classes: Sequence[str]) -> pd
         raise StageError(f"{Path(generated) / MANIFEST_FILE} gives no sha256 for {len(unknown)} queued images (e.g. {unknown[:3]}); "
                          "re-run the generate stage (dvc repro generate)")
     return queue
+
+
+def flagged_classes(predict: Path, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """The classes predict's quality gate flagged out of the real manifold (``class_quality.csv``), for the review
+    page's per-class banner; [] when predict wrote no such table (an older predict output)."""
+    if not (Path(predict) / CLASS_QUALITY_FILE).is_file():
+        return []
+    quality = read_class_quality(predict, classes)
+    return quality.loc[quality["out_of_manifold"], ["class", "precision", "n_generated", "note"]].to_dict("records")

@@ -189,3 +189,16 @@ def test_page_open_across_a_regeneration_gets_409_and_decides_the_new_image_only
     assert ok.status_code == 200
     assert _corrections(p).set_index("file_name").loc[fresh["file_name"], "sha256"] == fresh["sha256"]
     assert decided["file_name"] not in set(_corrections(p)["file_name"])
+
+
+def test_a_class_out_of_the_real_manifold_gets_a_banner(p):
+    from tasks.tables import write_class_quality
+
+    assert "quality-flag" not in _client(p)[0].get("/").text  # no class_quality.csv (older predict): no banner
+    write_class_quality(p.paths.predict, pd.DataFrame({
+        "class": ["small", "big"], "n_generated": [3, 2], "n_real": [8, 8], "fid": [1.0, 50.0],
+        "precision": [0.7, 0.04], "recall": [0.5, 0.0], "out_of_manifold": [False, True],
+        "note": ["", "precision 0.040 < predict.min_class_precision 0.1"]}), p.classes)
+    page = _client(p)[0].get("/").text
+    assert page.count('class="quality-flag"') == 1
+    assert "Class <strong>big</strong>" in page and "k-NN precision\n      0.04 over 2 images" in page
