@@ -48,7 +48,10 @@ REJECT = "reject"
 CORRECTION_COLUMNS = ["file_name", "sha256", "intended_label", "pred_label", "final_label", "decision", "reviewer",
                       "timestamp", "version", "note"]
 QUEUE_COLUMNS = ["position", "file_name", "sha256", "intended_label", "pred_label", "confidence", "margin", "agrees",
-                 "review_rank"]
+                 "review_rank", "confidence_calibrated", "margin_calibrated", "entropy_calibrated"]
+#: Columns the review plan adds (tasks.review.budget.plan_queue): priority rank, audit sample, within budget,
+#: read by two reviewers.
+PLAN_COLUMNS = ["priority", "audit", "in_budget", "overlap"]
 
 
 def resolve_under(folder: Path, rel: str) -> Path:
@@ -182,12 +185,29 @@ def read_class_quality(folder: Path, classes: Sequence[str]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------- queue, corrections
 def write_queue(folder: Path, queue: pd.DataFrame) -> Path:
-    missing = [c for c in QUEUE_COLUMNS if c not in queue]
+    """Write the planned review queue (``QUEUE_COLUMNS`` + ``PLAN_COLUMNS`` + ``p_<class>``) atomically."""
+    missing = [c for c in QUEUE_COLUMNS + PLAN_COLUMNS if c not in queue]
     if missing:
         raise StageError(f"review queue lacks columns {missing}")
     path = Path(folder) / QUEUE_FILE
     atomic_write_csv(path, queue)
     return path
+
+
+def read_queue(folder: Path) -> pd.DataFrame:
+    """The review stage's ``queue.csv`` (its folder or the file), in planned order, plan flags as booleans."""
+    import pandas as pd
+
+    path = Path(folder)
+    path = _require(path / QUEUE_FILE if path.is_dir() else path, "review")
+    queue = pd.read_csv(path, dtype={"file_name": str, "sha256": str, "intended_label": str, "pred_label": str},
+                        keep_default_na=False)
+    missing = [c for c in QUEUE_COLUMNS + PLAN_COLUMNS if c not in queue]
+    if missing:
+        raise StageError(f"{path} lacks columns {missing}: re-run the review stage (dvc repro review)")
+    for col in ("agrees", *PLAN_COLUMNS[1:]):
+        queue[col] = queue[col].map(lambda v: str(v).strip().lower() in {"true", "1"})
+    return queue.sort_values("position", kind="stable").reset_index(drop=True)
 
 
 def read_corrections(path: Path, classes: Sequence[str], *, missing_ok: bool = False) -> pd.DataFrame:
@@ -215,13 +235,17 @@ def read_corrections(path: Path, classes: Sequence[str], *, missing_ok: bool = F
     return df
 
 
-def write_corrections(path: Path, rows: Sequence[dict], classes: Sequence[str]) -> None:
-    """Validate and write the decisions (one row each, in the given order) atomically."""
+def write_corrections(path: Path, rows: Sequence[dict], classes: Sequence[str], *, check: bool = True) -> None:
+    """Validate and write the decisions (one row each, in the given order) atomically.
+
+    ``check=False`` skips the great-expectations suite (about 0.5 s a call): only for the review store's per-save
+    rewrite, whose rows it builds itself from the validated queue; every reader validates the table again.
+    """
     import pandas as pd
 
     df = pd.DataFrame(list(rows), columns=CORRECTION_COLUMNS).fillna("")
     df["version"] = df["version"].astype(int)
-    if not df.empty:
+    if check and not df.empty:
         validate(df, "review_corrections", classes=classes)
     atomic_write_csv(path, df)
 

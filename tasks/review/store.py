@@ -35,7 +35,9 @@ from typing import Any
 import pandas as pd
 
 from tasks.io import clean_stale_temp
+from tasks.review.agreement import add_read, first_reads, overlap_state
 from tasks.review.audit import append_audit, item_versions, read_audit
+from tasks.review.budget import plan_queue
 from tasks.review.queue import classify_decision, load_queue
 from tasks.stage import StageError
 from tasks.params import Params
@@ -118,7 +120,10 @@ class ReviewStore:
                              "be tied to image content; build the queue from generate's manifest")
         corrections = read_corrections(self.corrections_path, self.classes, missing_ok=True)
         self.decisions: dict[str, dict[str, Any]] = {r["file_name"]: r for r in corrections.to_dict("records")}
-        self.versions = item_versions(read_audit(self.audit_path))
+        entries = read_audit(self.audit_path)
+        self.versions = item_versions(entries)
+        #: file_name → {person: label of their first decision}: who read an overlap item (tasks.review.agreement)
+        self.reads = first_reads(entries)
         for fn, row in self.decisions.items():  # a crash between the two writes must not lower a version
             self.versions[fn] = max(self.versions.get(fn, 0), int(row.get("version") or 0))
         self.stale_decisions = self._invalidate_stale()
@@ -151,35 +156,65 @@ class ReviewStore:
             "note": row.get("note", "") if row else "",
             "sha256": str(item["sha256"]),
             "version": self.versions.get(file_name, 0),
+            "needs": self.needs(file_name),
+            "readers": sorted(self.reads.get(file_name, {})),
         }
 
     def progress(self) -> dict[str, int]:
+        """Counts; ``waiting`` is what a person still owes (in-budget items undecided, overlap items short of a
+        second read or disputed); ``beyond_budget`` the undecided rest that review.beyond_budget will label."""
         decided = [self.decisions[f]["decision"] for f in self.items if f in self.decisions]
-        return {"total": len(self.items), "decided": len(decided), "waiting": len(self.items) - len(decided),
+        owed = self.required_waiting()
+        return {"total": len(self.items), "decided": len(decided), "waiting": len(owed),
+                "beyond_budget": len(self.items) - len(decided) - sum(f not in self.decisions for f in owed),
                 "accepted": decided.count("accept"), "corrected": decided.count("correct"),
                 "rejected": decided.count(REJECT)}
 
     def waiting(self) -> list[str]:
+        """Every undecided item, in queue order (in budget or not)."""
         return [f for f in self.items if f not in self.decisions]
+
+    def required(self, file_name: str) -> bool:
+        """True if a person must decide this item (audit sample or within the budget; a queue without a plan:
+        every item)."""
+        return bool(self.items[file_name].get("in_budget", True))
+
+    def needs(self, file_name: str) -> str:
+        """What the item still needs: ``decision``, ``second-read``, ``adjudication`` (overlap items) or ""."""
+        if file_name not in self.decisions:
+            return "decision" if self.required(file_name) else ""
+        if self.items[file_name].get("overlap"):
+            state = overlap_state(self.reads.get(file_name, {}))
+            return "" if state == "done" else state
+        return ""
+
+    def required_waiting(self) -> list[str]:
+        """Items a person still owes, in queue order."""
+        return [f for f in self.items if self.needs(f)]
 
     # ---- changes
     def decide(self, file_name: str, label: str, *, version: int, reviewer: str, note: str = "",
-               source: str = "app", action: str = "decide", sha256: str | None = None) -> dict[str, Any]:
+               source: str = "app", action: str = "decide", sha256: str | None = None,
+               context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Record ``label`` (a class or ``reject``) for one item seen at ``version``; Conflict if stale.
 
         ``sha256``, when given, is the content the person saw: ImageChanged (a Conflict) if the image differs now.
+        ``context`` (e.g. ``{"blind": True}`` or a Label Studio annotation) is kept in the audit entry.
         """
         seen_sha = None if sha256 is None else {file_name: sha256}
         return self.decide_many([(file_name, label, version)], reviewer=reviewer, note=note, source=source,
-                                action=action, seen_sha256=seen_sha)[0]
+                                action=action, seen_sha256=seen_sha, context=context)[0]
 
     def decide_many(self, choices: Sequence[tuple[str, str, int]], *, reviewer: str, note: str = "",
                     source: str = "app", action: str = "decide",
-                    seen_sha256: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                    seen_sha256: Mapping[str, str] | None = None,
+                    context: Mapping[str, Any] | None = None,
+                    contexts: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
         """Record several (file_name, label, version_seen) at once: one corrections write, one audit fsync.
 
         Each decision records the item's current sha256. ``seen_sha256`` (file_name → sha256 the decider saw)
-        refuses, with ImageChanged, a decision about content that is no longer at that file name.
+        refuses, with ImageChanged, a decision about content that is no longer at that file name. ``context`` (all
+        items) and ``contexts`` (file_name → mapping) go into the audit entries' ``context``.
         """
         reviewer = _clean_text(reviewer, "reviewer")
         note = _clean_text(note, "note", required=False)
@@ -197,8 +232,17 @@ class ReviewStore:
                        "pred_label": item["pred_label"], "final_label": final, "decision": decision,
                        "reviewer": reviewer, "timestamp": now_iso(), "note": note}
                 changes.append((file_name, row, seen))
-            self._commit(changes, reviewer=reviewer, action=action, source=source, note=note)
+            self._commit(changes, reviewer=reviewer, action=action, source=source, note=note, context=context,
+                         contexts=contexts)
             return [self.item_view(fn) for fn, _, _ in changes]
+
+    def withdraw(self, file_names: Sequence[str], *, reviewer: str, action: str, note: str) -> int:
+        """Send decided items back to waiting (audited, versions bumped); returns how many were decided."""
+        with self._lock:
+            changes = [(f, None, self.versions.get(f, 0)) for f in file_names if f in self.decisions]
+            if changes:
+                self._commit(changes, reviewer=reviewer, action=action, source="stage", note=note)
+            return len(changes)
 
     def undo(self, file_name: str, *, version: int, reviewer: str) -> dict[str, Any]:
         """Restore the item's state before its last saved change (recorded as a new 'undo' audit entry)."""
@@ -259,7 +303,9 @@ class ReviewStore:
                 "outcome": outcome, "note": note, "app_version": self.app_version}
 
     def _commit(self, changes: list[tuple[str, dict[str, Any] | None, int]], *, reviewer: str, action: str,
-                source: str, note: str, notes: Mapping[str, str] | None = None) -> None:
+                source: str, note: str, notes: Mapping[str, str] | None = None,
+                context: Mapping[str, Any] | None = None,
+                contexts: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """Apply changes (row None = back to waiting): rewrite corrections.csv, then append one audit entry each.
 
         ``notes`` overrides ``note`` per file name (an invalidation names each item's old and new sha256).
@@ -278,6 +324,9 @@ class ReviewStore:
             new = None if row is None else {k: row.get(k, "") for k in STATE_KEYS}
             entries.append(self._entry(file_name, reviewer, action, source, old=old, new=new, seen=seen,
                                        version=version, outcome="saved", note=(notes or {}).get(file_name, note)))
+            extra = {**(context or {}), **((contexts or {}).get(file_name) or {})}
+            if extra:  # how the decision was made (blind, grid, a Label Studio annotation): audit only
+                entries[-1]["context"] = extra
         try:
             self._write(decisions)
         except BaseException as err:
@@ -289,11 +338,15 @@ class ReviewStore:
         self.decisions = decisions
         for e in entries:
             self.versions[e["file_name"]] = e["version"]
+            add_read(self.reads, e)
 
     def _write(self, decisions: dict[str, dict[str, Any]]) -> None:
         order = {f: i for i, f in enumerate(self.items)}
         rows = sorted(decisions.values(), key=lambda r: (order.get(r["file_name"], len(order)), r["file_name"]))
-        write_corrections(self.corrections_path, rows, self.classes)
+        # No GX suite per save: it costs ~0.5 s under the lock, i.e. every reviewer waits on every other one
+        # (measured by benchmarks/bench_review.py); the rows are built above from the validated queue, and every
+        # reader of corrections.csv (this store on open, retrain, the review stage) validates the table.
+        write_corrections(self.corrections_path, rows, self.classes, check=False)
 
 
 def _sha(value: Any) -> str:
@@ -317,6 +370,10 @@ def _clean_text(value: Any, what: str, *, required: bool = True, limit: int = 20
 
 def open_store(params: Params, *, predictions: Path, generated: Path, out_dir: Path) -> ReviewStore:
     """Build the queue, write queue.csv, and open the decision store (used by run() and the review app)."""
-    queue = load_queue(predictions, generated, params.classes)
+    r = params.review
+    # The simulated reviewer is one labeler: it cannot give an overlap item its second, independent read.
+    queue = plan_queue(load_queue(predictions, generated, params.classes), budget=r.budget,
+                       audit_share=r.audit_share, overlap_share=r.overlap_share, seed=params.seed,
+                       overlap=r.mode != "reference")
     write_queue(out_dir, queue)
     return ReviewStore(Path(out_dir), queue, params.classes)

@@ -36,8 +36,8 @@ def test_manual_mode_incomplete_raises_waiting_for_review(manual):
     assert f"{len(ITEMS)} of {len(ITEMS)} items wait" in msg
     assert "synthloop review" in msg and "make review" in msg and "dvc repro" in msg
     assert (manual.paths.review / "queue.csv").is_file()
-    assert review_status(manual) == {"total": len(ITEMS), "decided": 0, "waiting": len(ITEMS), "mode": "manual",
-                                     "url": "http://127.0.0.1:8765/"}
+    assert review_status(manual) == {"total": len(ITEMS), "decided": 0, "waiting": len(ITEMS), "beyond_budget": 0,
+                                     "mode": "manual", "url": "http://127.0.0.1:8765/"}
     assert "5 of 5 items wait" in pause_description(review_status(manual))
 
 
@@ -64,11 +64,15 @@ def test_hand_broken_corrections_fail_validation_with_row_names(manual):
     store = open_review_store(manual)
     f = store.waiting()[0]
     store.decide(f, "big", version=0, reviewer="ann")
-    store.decisions[f] = {**store.decisions[f], "decision": "accept", "final_label": "small"}  # accept ≠ pred
+    path = manual.paths.review / "corrections.csv"
+    broken = pd.read_csv(path, dtype=str, keep_default_na=False)
+    broken.loc[broken["file_name"] == f, ["decision", "final_label"]] = ["reject", "small"]  # reject has no label
+    broken.to_csv(path, index=False)
     from tasks.validation import ValidationFailed
 
+    # the store skips the suite per save (speed); every reader — the store on open, the stage — runs it
     with pytest.raises(ValidationFailed, match=f):
-        store._write(store.decisions)
+        open_review_store(manual)
 
 
 
