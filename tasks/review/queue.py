@@ -66,8 +66,11 @@ def classify_decision(pred_label: str, label: str) -> tuple[str, str]:
 
 
 def confident_items(queue: pd.DataFrame, threshold: float) -> list[str]:
-    """File names that accept-confident mode accepts: confident enough and agreeing with the intended class."""
-    mask = (queue["confidence"] >= threshold) & queue["agrees"].map(_as_bool)
+    """File names that accept-confident mode accepts: *calibrated* confidence ≥ threshold and agreeing with the
+    intended class — never an audit-sample item (a person always decides those; tasks.review.budget)."""
+    mask = (queue["confidence_calibrated"].astype(float) >= threshold) & queue["agrees"].map(_as_bool)
+    if "audit" in queue:
+        mask &= ~queue["audit"].map(_as_bool)
     return queue.loc[mask, "file_name"].tolist()
 
 
