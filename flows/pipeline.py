@@ -18,11 +18,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
+from flows.gpu import ensure_gpu_limit, stage_placement, visible_devices
+from flows.pools import run_on_pool
 from tasks.overrides import record_resolved, run_overrides
 from tasks.params import STAGES, load_params
 from tasks.progress import PROGRESS_LINE
@@ -63,11 +66,13 @@ class _StageProgress:
             update_progress_artifact(self.artifact, float(match["pct"]), description=text)
 
 
-def _run_streaming(cmd: list[str], on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
-    """Run ``cmd``, echoing its output live (progress lines, logs), passing each line to ``on_line`` and keeping a
-    copy to inspect."""
+def _run_streaming(cmd: list[str], env: dict[str, str] | None = None,
+                   on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Run ``cmd`` (with ``env`` added to this process's environment), echoing its output live (progress lines,
+    logs), passing each line to ``on_line`` and keeping a copy to inspect."""
     lines: list[str] = []
-    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc:
+    with subprocess.Popen(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1,
+                          env={**os.environ, **(env or {})}) as proc:
         for line in proc.stdout:
             sys.stderr.write(line)
             lines.append(line)
@@ -79,15 +84,20 @@ def _run_streaming(cmd: list[str], on_line: Callable[[str], None] | None = None)
 # No automatic retries: most stage failures are deterministic (bad params or data) and would fail again after
 # minutes of work; a re-run resumes where the stage supports it (generate, dreambooth checkpoints).
 @task(name="stage", task_run_name="{stage}", retries=0)
-def run_stage(stage: str):
-    """Reproduce one DVC stage; a stage that was already current ends as Skipped (cached)."""
+def run_stage(stage: str, devices: list[str] | None = None):
+    """Reproduce one DVC stage; a stage that was already current ends as Skipped (cached).
+
+    A GPU stage first waits for a ``gpu`` slot and one of ``devices`` (flows/gpu.py); a current stage never queues.
+    """
     logger = get_run_logger()
     if stage_is_current(stage):
         logger.info("stage %s is up to date (dvc.lock matches): skipped", stage)
         return Completed(name="Skipped", message=f"{stage}: up to date in dvc.lock, not re-run", data="skipped")
-    logger.info("running stage %s", stage)
-    returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-                                        on_line=_StageProgress(stage))
+    with stage_placement(stage, devices or []) as env:
+        logger.info("running stage %s%s", stage,
+                    f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if env.get("CUDA_VISIBLE_DEVICES") else "")
+        returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env,
+                                            on_line=_StageProgress(stage))
     if returncode == 0:
         if "is cached - skipping run" in output:
             # DVC's run cache had this exact stage (same code, params, data): outputs restored, nothing computed.
@@ -166,15 +176,18 @@ def _report_artifact(params) -> None:
 
 
 @flow(name="synthloop", log_prints=True)
-def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None = None) -> dict[str, str]:
+def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None = None,
+                   placement: Literal["local", "pools"] = "local") -> dict[str, str]:
     """Run the loop in DAG order. ``set_params``: ``section.key=value`` overrides for this run only, e.g.
     ``["review.mode=reference"]`` for unattended scheduled runs: they reach the stages through ``SYNTHLOOP_SET`` and
-    params.resolved.yaml (tasks/overrides.py); params.yaml is never rewritten."""
+    params.resolved.yaml (tasks/overrides.py); params.yaml is never rewritten.
+    ``placement``: ``local`` runs every stage here (GPU stages queue for a slot and a device, flows/gpu.py);
+    ``pools`` runs each stage but review on its work pool's worker (flows/pools.py, prefect.yaml)."""
     with run_overrides(set_params):
-        return _loop(stages)
+        return _loop(stages, placement)
 
 
-def _loop(stages: list[str] | None) -> dict[str, str]:
+def _loop(stages: list[str] | None, placement: str) -> dict[str, str]:
     """The flow run's body, with its overrides exported."""
     from prefect.runtime import flow_run
 
@@ -182,15 +195,25 @@ def _loop(stages: list[str] | None) -> dict[str, str]:
 
     params = record_resolved()
     selected = [s for s in STAGES if not stages or s in stages]
+    devices = visible_devices()
+    if devices:
+        slots = ensure_gpu_limit(len(devices))
+        get_run_logger().info("GPU stages queue for %d slot(s) of the %r limit over device(s) %s", slots, "gpu",
+                              ",".join(devices))
+    else:
+        get_run_logger().warning("no CUDA device visible: every stage runs on the CPU")
     results: dict[str, str] = {}
     with loop_run(params, tags={"prefect.flow_run_id": flow_run.id or "", "synthloop.entry": "prefect"}) as run:
         for stage in selected:
             # return_state: a stage that returned a named state (Skipped, WaitingForReview) yields its data.
-            results[stage] = run_stage(stage, return_state=True).result()
+            if placement == "pools" and stage != "review":
+                results[stage] = run_on_pool(stage)
+                continue
+            results[stage] = run_stage(stage, devices, return_state=True).result()
             if results[stage] == "waiting":
                 _pause_for_review("params.yaml")
                 after = run_stage.with_options(task_run_name=f"{stage}-after-review")
-                results[stage] = after(stage, return_state=True).result()
+                results[stage] = after(stage, devices, return_state=True).result()
                 if results[stage] == "waiting":
                     raise RuntimeError("the review was resumed but items still wait; run `synthloop review`")
         run.set_tags(dvc_lock_tags())  # what exactly this loop produced, by content hash

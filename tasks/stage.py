@@ -33,6 +33,29 @@ class WaitingForReview(StageError):
     """The loop stops at the review checkpoint until a person has reviewed (not a crash)."""
 
 
+#: Stages whose work is torch on a device: with a GPU they queue for it (flows/gpu.py) and get one device each.
+#: Every other stage (phantom, ingest, caption, review) is CPU-only and never waits for a GPU. Declared once here.
+ACCELERATOR_STAGES = frozenset({"pretrain", "dreambooth", "generate", "baseline", "predict", "retrain", "evaluate"})
+
+
+def needs_accelerator(stage: str) -> bool:
+    """True for a stage that should run on the accelerator when there is one (``ACCELERATOR_STAGES``)."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+    return stage in ACCELERATOR_STAGES
+
+
+def device_tags() -> dict[str, str]:
+    """Where this stage process computed, for its MLflow run: the CUDA device (and the slot's
+    ``CUDA_VISIBLE_DEVICES``) or ``cpu``. Called after ``run()``: a stage that never imported torch used no GPU."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    device = "cpu"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    return {"synthloop.device": device, "synthloop.cuda_visible_devices": visible if visible is not None else "unset"}
+
+
 def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
     """Input paths of ``stage`` as keyword arguments of its ``run()``; dvc.yaml deps list the same paths."""
     p = params.paths
@@ -98,6 +121,7 @@ def run_stage(stage: str, params: Params) -> Any:
     start = time.perf_counter()
     with stage_run(stage, params, hashes) as run:
         outputs = module.run(params, **inputs, out_dir=stage_output(params, stage))
+        run.set_tags(device_tags())
         metrics = dict(getattr(outputs, "metrics", {}) or {})
         metrics["stage_seconds"] = round(time.perf_counter() - start, 3)
         run.log_metrics(metrics)
