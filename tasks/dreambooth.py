@@ -142,7 +142,10 @@ def run(params: Params, *, base: Path, caption: Path, out_dir: Path) -> Dreamboo
         _write_loss_csv(tr, out_dir, pd)
         model_dir, lora_dir = save_outputs(tr, out_dir, dict(card, steps_trained=tr.step))
         if run_handle is not None and tr.cfg.log_model:
-            run_handle.log_artifact(model_dir, "model")
+            from tasks.generation.mlflow_pipeline import log_pipeline  # imports mlflow: main process only
+
+            # A pyfunc that generates class images, registered as synthloop-dreambooth@dreambooth.
+            log_pipeline(model_dir, caption / "prompts.json", params)
     tr.accelerator.wait_for_everyone()
     tr.accelerator.end_training()
     return DreamboothOutputs(model_dir, lora_dir, out_dir / "validation", out_dir / "loss.csv",

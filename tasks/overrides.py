@@ -2,9 +2,10 @@
 
 The values a stage runs with are ``params.yaml`` ⊕ profile ⊕ local ``set`` ⊕ this run's overrides:
 
-* ``params.local.yaml`` (untracked, this checkout's choice; ``synthloop params --profile/--set/--clear`` writes it,
-  a person may too): ``profile: gpu-sd15`` (``configs/<name>.yaml``, or a path to any params file, complete or
-  partial) and ``set: [section.key=value, ...]``.
+* ``params.local.yaml`` (untracked, this checkout's choice), written by ``synthloop params --profile/--set/--clear``:
+  ``profile: gpu-sd15`` (``configs/<name>.yaml``, or a path to any params file, complete or partial) and
+  ``set: [section.key=value, ...]``. After editing it by hand, run ``synthloop params`` (it re-resolves): DVC only
+  sees what params.resolved.yaml holds.
 * ``SYNTHLOOP_SET`` (environment; a JSON list of ``section.key=value``): one run's overrides — a scheduled run's
   ``schedule.set_params``, ``synthloop run --set``. The flow exports it to its stage processes; it ends with the run.
 * ``params.resolved.yaml`` (untracked): the resolved values, rewritten by every stage entry and by the flow.

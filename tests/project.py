@@ -30,6 +30,10 @@ def make_project(dest: Path, overrides: dict | None = None) -> Path:
         shutil.copy2(REPO / rel, target)
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(_merge(_merge(data, SHRINK), overrides or {}), sort_keys=False))
+    from tasks.overrides import record_resolved
+
+    # What a checkout gets from its first `synthloop` command: DVC tracks params.resolved.yaml beside params.yaml.
+    record_resolved(dest / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], cwd=dest,

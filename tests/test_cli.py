@@ -31,3 +31,25 @@ def test_bad_params_exit_1_with_the_key_named(tmp_path, monkeypatch, caplog):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["stage", "ingest"])
     assert exit_info.value.code == 1 and "baselin" in caplog.text
+
+
+def test_params_subcommand_keeps_overrides_out_of_params_yaml(tmp_path, monkeypatch, capsys):
+    import json
+
+    from conftest import REPO
+
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SYNTHLOOP_SET", raising=False)
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["params", "--set", "generate.num_images=7"])
+    assert exit_info.value.code == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"layers": {"local_set": ["generate.num_images=7"]}, "changed": {"generate.num_images": 7}}
+    assert (tmp_path / "params.yaml").read_text() == before
+    assert "num_images: 7" in (tmp_path / "params.resolved.yaml").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["params", "--set", "generate.num_images=-1"])
+    assert exit_info.value.code == 1, "an invalid override is refused"
+    assert "generate.num_images=7" in (tmp_path / "params.local.yaml").read_text(), "and the kept layer survives"

@@ -88,3 +88,55 @@ def test_flow_reports_run_cache_restores_as_cached(project: Path, monkeypatch: p
     with prefect_test_harness():
         assert synthloop_loop(stages=["phantom"]) == {"phantom": "cached"}
     assert (project / "data" / "phantom" / "labeled" / "metadata.csv").exists()
+
+
+def _loops(project: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env_for(project)["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("synthloop").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    loops = [r for r in runs if r.data.tags.get("synthloop.loop") == "1"]
+    children = {p.info.run_id: {r.data.tags["synthloop.stage"]: r for r in runs
+                                if r.data.tags.get("mlflow.parentRunId") == p.info.run_id} for p in loops}
+    return loops, children
+
+
+def test_dvc_repro_lineage_and_an_override_that_leaves_params_yaml_alone(project: Path):
+    """`dvc repro` alone: one parent run with nested stage runs (git commit, dvc.lock hashes, params). An override
+    in params.local.yaml is seen by DVC (the stage it touches is stale, dvc.lock records the value) and used by
+    the stage, a new loop run records it, and params.yaml stays as committed."""
+    import subprocess
+
+    import yaml
+
+    dvc(project, "repro", "ingest")
+    loops, children = _loops(project)
+    assert [p.data.tags["synthloop.entry"] for p in loops] == ["dvc"]
+    first = children[loops[0].info.run_id]
+    assert set(first) == {"phantom", "ingest"}
+    ingest = first["ingest"].data
+    assert ingest.tags["mlflow.source.git.commit"] != "unknown" and ingest.tags["dvc.phantom.phantom"]
+    assert ingest.params["ingest.image_size"] == "32"
+
+    import sys
+
+    cli = subprocess.run([sys.executable, "-m", "flows.cli", "params", "--set", "phantom.per_class=30"], cwd=project,
+                         env=env_for(project), capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["changed"] == {"phantom.per_class": 30}
+    stale = json.loads(dvc(project, "status", "--json", "phantom").stdout or "{}")
+    assert "phantom" in stale, f"DVC sees the override (params.resolved.yaml): {stale}"
+    run = dvc(project, "repro", "ingest")
+    assert "Running stage 'phantom'" in run.stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["phantom"]["params"]["params.resolved.yaml"]["phantom"]["per_class"] == 30
+    labeled = (project / "data" / "phantom" / "labeled" / "metadata.csv").read_text().count("\n") - 1
+    n_classes = len(yaml.safe_load((project / "params.yaml").read_text())["phantom"]["thresholds"]) + 1
+    assert labeled == 30 * n_classes, "the stage ran with the override"
+    loops, children = _loops(project)
+    assert len(loops) == 2, "phantom ran again: a new loop run"
+    assert json.loads(loops[1].data.tags["synthloop.overrides"]) == {"local_set": ["phantom.per_class=30"]}
+    assert children[loops[1].info.run_id]["phantom"].data.params["phantom.per_class"] == "30"
+    git = subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True, text=True)
+    assert git.stdout == "", "params.yaml untouched"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -45,10 +46,16 @@ def test_served_deployment_registers_schedule_and_runs(tmp_path: Path, prefect_s
         serve.terminate()
         out, _ = serve.communicate(timeout=30)
     assert (project / "metrics" / "phantom.json").exists(), out[-3000:]
-    from tasks.params import load_params
+    from mlflow import MlflowClient
 
-    assert load_params(project / "params.yaml").review.mode == "reference", \
-        "the scheduled run applied its set_params (manual → reference)"
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("synthloop").experiment_id])
+    loop = next(r for r in runs if r.data.tags.get("synthloop.entry") == "prefect")
+    assert json.loads(loop.data.tags["synthloop.overrides"]) == {"run_set": ["review.mode=reference"]}
+    assert loop.data.params["review.mode"] == "reference", "the scheduled run applied its set_params"
+    git = subprocess.run(["git", "status", "--porcelain", "params.yaml", "configs"], cwd=project,
+                         capture_output=True, text=True).stdout
+    assert git == "", f"a scheduled run rewrites no params file: {git}"
 
 
 def _wait_for_deployment(get_client, name: str, serve: subprocess.Popen, timeout: float = 120):

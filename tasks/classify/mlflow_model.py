@@ -50,12 +50,13 @@ def decode_images(values: Any, channels: int, size: int):
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """Loads the saved classifier folder once; ``predict`` maps encoded images to class probabilities."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):
         from tasks.classify.models import load_model
 
         self.model, self.meta = load_model(Path(context.artifacts["model"]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None):
+    # No type hints: MLflow would try (and fail) to derive a schema from them; the signature is explicit.
+    def predict(self, context, model_input, params=None):
         import pandas as pd
 
         from tasks.classify.train import predict_proba
