@@ -47,10 +47,12 @@ class LogProgress:
         self._postfix = ""
 
     def __iter__(self) -> Iterator[Any]:
-        for item in self.iterable or ():
-            yield item
-            self.update(1)
-        self.close()
+        try:
+            for item in self.iterable or ():
+                yield item
+                self.update(1)
+        finally:  # also when the loop breaks early (early stopping): the last line says where it stopped
+            self.close()
 
     def __enter__(self) -> "LogProgress":
         return self

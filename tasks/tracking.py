@@ -175,28 +175,3 @@ def dvc_lock_tags(lock: Path | str = "dvc.lock") -> dict[str, str]:
             digest = out.get("md5") or out.get("hash") or ""
             tags[f"dvc.{stage}.{Path(out['path']).name}"] = str(digest)
     return tags
-
-
-def log_model_files(folder: Path, artifact_path: str, registered_name: str | None = None,
-                    alias: str | None = None) -> None:
-    """Log a model folder as run artifacts and, optionally, register it with an alias.
-
-    Registering files (not ``mlflow.pytorch.log_model``) skips MLflow's requirement inference, which spawns a
-    subprocess and costs seconds per model; the folder already holds safetensors weights and a JSON config.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.log_artifacts(str(folder), artifact_path)
-    if registered_name is None:
-        return
-    run_id = mlflow.active_run().info.run_id
-    client = MlflowClient()
-    # MLflow 3's register_model("runs:/...") insists on an MLmodel file / logged model; a model version made
-    # directly from the artifact URI registers plain files (safetensors + JSON) as they are.
-    if not client.search_registered_models(filter_string=f"name = '{registered_name}'"):
-        client.create_registered_model(registered_name)
-    source = f"{mlflow.get_artifact_uri(artifact_path)}"
-    version = client.create_model_version(registered_name, source, run_id=run_id)
-    if alias:
-        client.set_registered_model_alias(registered_name, alias, version.version)

@@ -76,3 +76,14 @@ def test_terminal_gets_a_tqdm_bar_and_disable_is_silent(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (80, "1m20s"), (3700, "1h01m"), (float("nan"), "?")])
 def test_format_eta(seconds: float, text: str):
     assert format_eta(seconds) == text
+
+
+def test_a_loop_left_early_logs_where_it_stopped(monkeypatch: pytest.MonkeyPatch, caplog):
+    """Early stopping breaks out of the epoch loop: the last line says where."""
+    monkeypatch.setattr(sys, "stderr", _Pipe())
+    monkeypatch.setenv(progress_mod.INTERVAL_ENV, "3600")
+    with caplog.at_level(logging.INFO, logger="tasks.progress"):
+        for epoch in progress(range(1, 21), desc="train epochs", unit="epoch"):
+            if epoch == 8:
+                break
+    assert _lines(caplog)[-1].startswith("train epochs: 35% (7/20)")

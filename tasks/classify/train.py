@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from tasks.classify.data import ImageDataset, build_augment, load_images
 from tasks.classify.models import ClassifierNet, build_model, model_meta
+from tasks.progress import progress
 from tasks.sections import Baseline
 from tasks.stage import StageError
 
@@ -218,7 +219,8 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
                             shuffle=True, generator=torch.Generator().manual_seed(seed),
                             num_workers=cfg.num_workers, drop_last=len(y_tr) % cfg.batch_size == 1)
         rows, best, best_state, best_epoch, bad = [], None, None, 0, 0
-        for epoch in range(1, epochs + 1):
+        # one progress line per epoch at most every SYNTHLOOP_PROGRESS_S (baseline, retrain, evaluate's arms)
+        for epoch in progress(range(1, epochs + 1), desc=f"{metric_prefix}train epochs", unit="epoch"):
             lr = opt.param_groups[0]["lr"]
             tr_loss, tr_acc = _train_epoch(model, loader, loss_fn, opt, scaler, device, amp_dtype, epoch)
             row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc,

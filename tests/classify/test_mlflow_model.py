@@ -43,6 +43,8 @@ def _store(tmp_path_factory: pytest.TempPathFactory) -> str:
     mlflow.set_tracking_uri(uri)
     params = make_params(root, {"baseline": {"epochs": 8, "batch_size": 4}})
     make_caption(params.paths.caption, n_train=16, n_val=16)
+    # Artifacts beside the store, not in ./mlruns of the working directory (MLflow's default for sqlite stores).
+    mlflow.create_experiment("synthloop", artifact_location=(root / "artifacts").as_uri())
     mlflow.set_experiment("synthloop")
     with mlflow.start_run():
         baseline.run(params, caption=params.paths.caption, out_dir=params.paths.baseline)

@@ -36,6 +36,7 @@ def _store(tmp_path_factory: pytest.TempPathFactory):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(PROMPTS))
     params = make_params(tmp_path)
+    mlflow.create_experiment("synthloop", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("synthloop")
     with mlflow.start_run():
         log_pipeline(model, prompts, params)
