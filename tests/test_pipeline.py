@@ -140,3 +140,46 @@ def test_dvc_repro_lineage_and_an_override_that_leaves_params_yaml_alone(project
     assert children[loops[1].info.run_id]["phantom"].data.params["phantom.per_class"] == "30"
     git = subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True, text=True)
     assert git.stdout == "", "params.yaml untouched"
+
+
+def test_result_markdown_has_the_answer_review_source_and_report_link(params):
+    from flows.pipeline import result_markdown
+
+    assert result_markdown(params) is None, "nothing before evaluate wrote the report"
+    params.paths.reports.mkdir(parents=True)
+    (params.paths.reports / "report.md").write_text("# r\n\nAnswer (custom_cnn, ...): helped.\n\nData: x\n")
+    text = result_markdown(params)
+    assert "Answer (custom_cnn, ...): helped." in text
+    assert f"review.mode: {params.review.mode}" in text
+    assert (params.paths.reports / "report.html").resolve().as_uri() in text
+
+
+def test_flow_run_overrides_reach_the_stage_and_end_with_the_run(project: Path, monkeypatch: pytest.MonkeyPatch):
+    """set_params (what a schedule passes): the stage runs with it, MLflow records it, params.yaml is untouched and
+    params.resolved.yaml is back to the checkout's own values afterwards."""
+    import subprocess
+
+    import yaml
+    from mlflow import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import synthloop_loop
+
+    monkeypatch.chdir(project)
+    for key, value in env_for(project).items():
+        monkeypatch.setenv(key, value)
+    with prefect_test_harness(server_startup_timeout=180):  # a loaded 2-core machine needs more than 30 s
+        assert synthloop_loop(set_params=["phantom.per_class=12"], stages=["phantom"]) == {"phantom": "ran"}
+    labeled = (project / "data" / "phantom" / "labeled" / "metadata.csv").read_text().count("\n") - 1
+    assert labeled % 12 == 0 and labeled < 40, "the stage ran with the run's override"
+    client = MlflowClient(env_for(project)["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("synthloop").experiment_id])
+    loop = next(r for r in runs if r.data.tags.get("synthloop.loop") == "1")
+    assert loop.data.tags["synthloop.entry"] == "prefect"
+    assert json.loads(loop.data.tags["synthloop.overrides"]) == {"run_set": ["phantom.per_class=12"]}
+    resolved = yaml.safe_load((project / "params.resolved.yaml").read_text())
+    assert resolved["phantom"]["per_class"] == 40, "re-resolved without the run's overrides"
+    assert "phantom" in json.loads(dvc(project, "status", "--json", "phantom").stdout or "{}"), \
+        "so DVC now says phantom differs from what the checkout's params would produce"
+    git = subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True, text=True)
+    assert git.stdout == ""
