@@ -49,7 +49,15 @@ def git_sha() -> str:
 def _mlflow():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        # Artifacts beside the database (MLflow's default is ./mlruns of whatever directory the process runs in).
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=(Path(uri[len("sqlite:///"):]).parent
+                                                                     / "mlruns").resolve().as_uri())
+        except mlflow.exceptions.MlflowException:  # another stage process created it first
+            pass
     mlflow.set_experiment(EXPERIMENT)
     return mlflow
 

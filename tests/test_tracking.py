@@ -106,3 +106,13 @@ def test_a_failed_stage_does_not_end_the_dvc_loop(params):
     runs = _runs(MlflowClient(tracking.tracking_uri()))
     assert len([r for r in runs if r.data.tags.get("synthloop.loop") == "1"]) == 1
     assert len({r.data.tags.get("mlflow.parentRunId") for r in runs if "synthloop.stage" in r.data.tags}) == 1
+
+
+def test_artifacts_live_beside_the_sqlite_store(params, tmp_path: Path):
+    """Not in ./mlruns of the working directory: a test (or a second project) never writes into this checkout."""
+    with tracking.stage_run("phantom", params) as run:
+        import mlflow
+
+        uri = mlflow.get_artifact_uri()
+    assert uri.startswith((tmp_path / "mlruns").as_uri()), uri
+    assert run.run_id in uri
