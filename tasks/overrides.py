@@ -60,6 +60,17 @@ class Layers:
         return out
 
 
+def describe_layers(root: Path | str = ".") -> str:
+    """One line for a report: ``params.yaml`` alone, or what was layered over it (profile, kept and run overrides)."""
+    layers = read_layers(root)
+    parts = [f"profile {layers.profile.name}"] if layers.profile is not None else []
+    if layers.local_set:
+        parts.append("kept overrides " + ", ".join(layers.local_set))
+    if layers.run_set:
+        parts.append("this run's overrides " + ", ".join(layers.run_set))
+    return "params.yaml" + (" + " + "; ".join(parts) if parts else " as it is (no profile, no overrides)")
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -106,3 +106,11 @@ def test_dvc_tracks_every_stage_params_in_the_resolved_file_too():
         plain = [p for p in stage["params"] if isinstance(p, str)]
         files = [p for p in stage["params"] if isinstance(p, dict)]
         assert files == [{overrides.RESOLVED_FILE: plain}], f"stage {name}: {stage['params']}"
+
+
+def test_describe_layers_for_the_report(checkout: Path, monkeypatch: pytest.MonkeyPatch):
+    assert overrides.describe_layers(checkout) == "params.yaml as it is (no profile, no overrides)"
+    overrides.write_local(checkout, set_items=["generate.num_images=12"])
+    monkeypatch.setenv(overrides.RUN_ENV, json.dumps(["review.mode=accept-confident"]))
+    assert overrides.describe_layers(checkout) == ("params.yaml + kept overrides generate.num_images=12; "
+                                                   "this run's overrides review.mode=accept-confident")
