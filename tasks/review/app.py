@@ -9,7 +9,8 @@ Security (docs RELIABILITY.md 16–21):
 - every POST needs the per-server CSRF token (embedded in the page) in ``X-CSRF-Token``, a JSON body, and a
   same-origin ``Origin`` when the browser sends one, else 403 and nothing changes;
 - ``GET /image/<path>`` serves files that resolve inside the generate folder only (``..``, encoded ``..``,
-  absolute paths, symlinks leaving the folder → 404);
+  absolute paths, symlinks leaving the folder → 404); only these image routes answer CORS, and only to the one
+  configured ``review.labelstudio_origin`` (never ``*``; the decision API never sends CORS headers);
 - each save names the item version it saw (and may name the image ``sha256`` it saw); a stale one, or one about an
   image that was regenerated since, gets 409 and both attempts are in audit.jsonl;
 - corrections.csv is rewritten atomically (tasks.io), the audit log is append-only (``tasks.review.ReviewStore``);
@@ -43,11 +44,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tasks.params import Params
+from tasks.review.estimates import store_estimates
 from tasks.review.modes import apply_mode
-from tasks.review.store import open_store
+from tasks.review.pages import (DEFAULT_LIMIT, batch_choices, class_keys, decide_each, error_status, item_page,
+                                parse_query, undo_each)
 from tasks.review.queue import flagged_classes
 from tasks.review.status import review_url
-from tasks.review.store import Conflict, ReviewError, ReviewStore
+from tasks.review.store import Conflict, ReviewError, ReviewStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -143,34 +146,61 @@ class ReviewApp:
             Route("/api/items", self.items),
             Route("/api/status", self.status),
             Route("/api/decide", self.decide, methods=["POST"]),
+            Route("/api/decide-batch", self.decide_batch, methods=["POST"]),
             Route("/api/undo", self.undo, methods=["POST"]),
+            Route("/api/undo-batch", self.undo_batch, methods=["POST"]),
             Route("/api/accept-confident", self.accept_confident, methods=["POST"]),
-            Route("/image/{path:path}", self.image),
+            Route("/image/{path:path}", self.image, methods=["GET", "HEAD", "OPTIONS"]),
             Mount("/static", StaticFiles(directory=ASSETS / "static"), name="static"),
         ]
         return HostGuard(Starlette(routes=routes), self.hosts)
 
     # ---- reads
     async def page(self, request: Request) -> Response:
-        config = {"classes": list(self.store.classes), "threshold": self.params.review.confidence_threshold,
-                  "mode": self.params.review.mode}
+        classes = list(self.store.classes)
+        config = {"classes": classes, "keys": class_keys(classes), "mode": self.params.review.mode,
+                  "threshold": self.params.review.confidence_threshold, "blind": self.params.review.blind,
+                  "page_size": DEFAULT_LIMIT}
+        budget = await run_in_threadpool(store_estimates, self.store, self.params)
         html = self.templates.get_template("review.html").render(
             csrf_token=self.csrf_token, config=config, default_reviewer=self.reviewer,
-            threshold=self.params.review.confidence_threshold, quality_flags=self.quality_flags)
+            threshold=self.params.review.confidence_threshold, budget_line=budget["budget_line"],
+            quality_flags=self.quality_flags)
         return HTMLResponse(html)
 
     async def items(self, request: Request) -> Response:
-        items = [self.store.item_view(f) for f in self.store.items]
-        return JSONResponse({"items": items, "progress": self.store.progress()})
+        """One page of item views (``pages.item_page``): never the whole queue."""
+        try:
+            query = parse_query(request.query_params, self.store.classes)
+        except ReviewError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        page = await run_in_threadpool(item_page, self.store, query)
+        return JSONResponse({**page, "progress": self.store.progress()})
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse({**self.store.progress(), "url": self.url, "mode": self.params.review.mode})
+        est = await run_in_threadpool(store_estimates, self.store, self.params)  # budget, audited error (REVIEW-A)
+        budget = {k: est[k] for k in ("budget", "budget_items", "decided_in_budget", "beyond_budget_policy",
+                                      "budget_line")}
+        return JSONResponse({**self.store.progress(), "url": self.url, "mode": self.params.review.mode,
+                             "budget": {**budget, "remaining_error": est["audit"]["remaining"]}})
 
     async def image(self, request: Request) -> Response:
+        cors = self._cors(request)
+        if request.method == "OPTIONS":  # a preflight: only the allowed origin learns it may GET
+            return Response(status_code=204 if "access-control-allow-origin" in cors else 403, headers=cors)
         path = resolve_image(self.image_root, request.path_params["path"])
         if path is None:
-            return PlainTextResponse("not found", status_code=404)
-        return FileResponse(path)
+            return PlainTextResponse("not found", status_code=404, headers=cors)
+        return FileResponse(path, headers=cors)
+
+    def _cors(self, request: Request) -> dict[str, str]:
+        """CORS headers for an image request from the configured Label Studio origin; none for anyone else."""
+        origin, allowed = request.headers.get("origin"), self.params.review.labelstudio_origin
+        headers = {"vary": "Origin"}
+        if allowed and origin == allowed:
+            headers.update({"access-control-allow-origin": allowed, "access-control-allow-methods": "GET, HEAD",
+                            "cross-origin-resource-policy": "cross-origin"})
+        return headers
 
     # ---- writes
     async def decide(self, request: Request) -> Response:
@@ -181,7 +211,31 @@ class ReviewApp:
         return await self._apply(body, lambda: self.store.decide(
             str(body.get("file_name", "")), str(body.get("label", "")), version=_version(body),
             reviewer=body.get("reviewer"), note=body.get("note") or "",
-            sha256=None if seen_sha is None else str(seen_sha)))
+            sha256=None if seen_sha is None else str(seen_sha), context=_context(body, "single")))
+
+    async def decide_batch(self, request: Request) -> Response:
+        """Several decisions (the grid's selection): each item saved or refused on its own, one result each."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            choices = batch_choices(body)
+        except ReviewError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        return await self._apply(body, lambda: decide_each(self.store, choices, reviewer=body.get("reviewer"),
+                                                           context=_context(body, "grid")), key=None)
+
+    async def undo_batch(self, request: Request) -> Response:
+        """Undo several items (the grid's last batch); each undone or refused on its own, one result each."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        entries = body.get("items")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            return JSONResponse({"error": "items must be a list of {file_name, version}"}, status_code=400)
+
+        return await self._apply(body, lambda: undo_each(self.store, entries, reviewer=body.get("reviewer")),
+                                 key=None)
 
     async def undo(self, request: Request) -> Response:
         body = await self._body(request)
@@ -204,10 +258,11 @@ class ReviewApp:
 
         def bulk() -> dict[str, Any]:
             store = self.store
+            # calibrated confidence; audit-sample items always get a look of their own (tasks.review.budget)
             picks = [(f, store.items[f]["pred_label"], store.versions.get(f, 0)) for f in store.waiting()
-                     if float(store.items[f]["confidence"]) >= threshold]
+                     if float(store.items[f]["confidence_calibrated"]) >= threshold and not store.items[f]["audit"]]
             store.decide_many(picks, reviewer=body.get("reviewer"), action="bulk-accept",
-                              note=f"bulk accept: confidence >= {threshold}")
+                              note=f"bulk accept: calibrated confidence >= {threshold}")
             return {"accepted": len(picks)}
 
         return await self._apply(body, bulk, key=None)
@@ -236,8 +291,7 @@ class ReviewApp:
         except Conflict as err:
             return JSONResponse({"error": str(err), "item": err.item}, status_code=409)
         except ReviewError as err:
-            status = 404 if "not in the review queue" in str(err) else 400
-            return JSONResponse({"error": str(err)}, status_code=status)
+            return JSONResponse({"error": str(err)}, status_code=error_status(err))
         progress = self.store.progress()
         payload = {key: result, "progress": progress} if key else {**result, "progress": progress}
         return JSONResponse(payload, background=self._completion_task(progress, body.get("reviewer")))
@@ -249,6 +303,13 @@ class ReviewApp:
         self.completed = True
         summary = {**progress, "reviewer": str(reviewer or ""), "url": self.url}
         return BackgroundTask(run_in_threadpool, _safe_call, self.on_complete, summary)
+
+
+
+
+def _context(body: dict[str, Any], view: str) -> dict[str, Any]:
+    """How the person decided, for the audit entry: blind (labels hidden) or not, one item or the grid."""
+    return {"blind": body.get("blind") is True, "view": view}
 
 
 def _version(body: dict[str, Any]) -> int:

@@ -191,6 +191,138 @@ def test_page_open_across_a_regeneration_gets_409_and_decides_the_new_image_only
     assert decided["file_name"] not in set(_corrections(p)["file_name"])
 
 
+LS_ORIGIN = "http://127.0.0.1:8080"
+
+
+def test_items_api_pages_and_refuses_bad_arguments(p):
+    client, _ = _client(p)
+    page = client.get("/api/items", params={"limit": 2}).json()
+    assert len(page["items"]) == 2 and page["matching"] == len(ITEMS) and page["index"] == 0
+    rest = client.get("/api/items", params={"after": page["items"][-1]["position"]}).json()
+    assert rest["index"] == 2 and len(rest["items"]) == len(ITEMS) - 2
+    bad = client.get("/api/items", params={"status": "<b>"})
+    assert bad.status_code == 400 and "status must be one of" in bad.json()["error"]
+
+
+def test_page_config_has_hotkeys_blind_default_and_page_size(tmp_path):
+    params = make_params(tmp_path, {"review": {"mode": "manual", "blind": True}})
+    write_review_inputs(params)
+    client, _ = _client(params)
+    config = json.loads(client.get("/").text.split('<script id="config" type="application/json">')[1]
+                        .split("</script>")[0])
+    assert config["keys"] == ["1", "2"] and config["blind"] is True and config["page_size"] == 48
+
+
+def test_decide_records_blind_and_the_batch_reports_each_item(p):
+    client, token = _client(p)
+    a, b = client.get("/api/items").json()["items"][:2]
+    assert _decide(client, token, a["file_name"], "big", blind=True).status_code == 200
+    batch = client.post("/api/decide-batch", headers={"X-CSRF-Token": token}, json={
+        "reviewer": "bob", "blind": False, "decisions": [
+            {"file_name": a["file_name"], "label": "small", "version": 0, "sha256": a["sha256"]},  # stale
+            {"file_name": b["file_name"], "label": "small", "version": 0, "sha256": b["sha256"]}]})
+    assert batch.status_code == 200
+    assert [r["status"] for r in batch.json()["results"]] == [409, 200]
+    assert batch.json()["progress"]["decided"] == 2
+    audit = read_audit(p.paths.review / "audit.jsonl")
+    assert [(e["file_name"], e["outcome"], e.get("context")) for e in audit] == [
+        (a["file_name"], "saved", {"blind": True, "view": "single"}),
+        (a["file_name"], "conflict", None),
+        (b["file_name"], "saved", {"blind": False, "view": "grid"})]
+    undo = client.post("/api/undo-batch", headers={"X-CSRF-Token": token}, json={
+        "reviewer": "bob", "items": [{"file_name": b["file_name"], "version": 1},
+                                     {"file_name": a["file_name"], "version": 0}]})
+    assert [r["status"] for r in undo.json()["results"]] == [200, 409]
+    assert undo.json()["progress"]["decided"] == 1
+    assert client.post("/api/decide-batch", json={"decisions": []}).status_code == 403  # CSRF first
+    assert client.post("/api/decide-batch", headers={"X-CSRF-Token": token},
+                       json={"reviewer": "bob", "decisions": []}).status_code == 400
+
+
+def test_images_allow_only_the_configured_label_studio_origin_and_the_api_never(tmp_path):
+    params = make_params(tmp_path, {"review": {"mode": "manual", "labelstudio_origin": LS_ORIGIN}})
+    write_review_inputs(params)
+    client, token = _client(params)
+    f = client.get("/api/items").json()["items"][0]["file_name"]
+    image = client.get(f"/image/{f}", headers={"Origin": LS_ORIGIN})
+    assert image.status_code == 200 and image.headers["access-control-allow-origin"] == LS_ORIGIN
+    assert "Origin" in image.headers["vary"]
+    other = client.get(f"/image/{f}", headers={"Origin": "http://evil.example"})
+    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+    preflight = {"Origin": LS_ORIGIN, "Access-Control-Request-Method": "GET"}
+    assert client.options(f"/image/{f}", headers=preflight).status_code == 204
+    assert client.options(f"/image/{f}", headers={**preflight, "Origin": "http://evil.example"}).status_code == 403
+    for response in (client.get("/api/items", headers={"Origin": LS_ORIGIN}),
+                     client.options("/api/decide", headers=preflight),
+                     client.post("/api/decide", headers={"X-CSRF-Token": token, "Origin": LS_ORIGIN},
+                                 json={"file_name": f, "label": "big", "version": 0, "reviewer": "x"})):
+        assert "access-control-allow-origin" not in response.headers
+    assert client.post("/api/decide", headers={"X-CSRF-Token": token, "Origin": LS_ORIGIN},
+                       json={"file_name": f, "label": "big", "version": 0, "reviewer": "x"}).status_code == 403
+    assert _corrections(params).empty
+
+
+def test_no_origin_configured_means_no_cors_at_all(p):
+    client, _ = _client(p)
+    f = client.get("/api/items").json()["items"][0]["file_name"]
+    assert "access-control-allow-origin" not in client.get(f"/image/{f}", headers={"Origin": LS_ORIGIN}).headers
+    assert client.options(f"/image/{f}", headers={"Origin": LS_ORIGIN}).status_code == 403
+
+
+@pytest.mark.parametrize("origin", ["*", "http://127.0.0.1:8080/", "http://a.example/path", "127.0.0.1:8080",
+                                    "http://a.example, http://b.example"])
+def test_labelstudio_origin_must_be_one_explicit_origin(tmp_path, origin):
+    from tasks.params import ParamsError
+
+    with pytest.raises(ParamsError, match="labelstudio_origin must be one origin"):
+        make_params(tmp_path, {"review": {"labelstudio_origin": origin}})
+
+
+def test_concurrent_reviewers_lose_and_duplicate_nothing(tmp_path):
+    """10 reviewers over HTTP at once, each item wanted by two of them: one save each, the other gets 409."""
+    import threading
+    import urllib.request
+
+    params = make_params(tmp_path, {"review": {"mode": "manual"}})
+    items = [("small" if i % 2 else "big", "big", 0.6) for i in range(40)]
+    write_review_inputs(params, items=items)
+    with BackgroundServer(params, port=0) as server:
+        page = urllib.request.urlopen(server.url).read().decode()
+        token = page.split('name="csrf-token" content="')[1].split('"')[0]
+        queue = json.loads(urllib.request.urlopen(server.url + "api/items?limit=500").read())["items"]
+        outcomes: list[tuple[str, str, int]] = []
+
+        def reviewer(n: int) -> None:
+            for it in queue[n % 5::5]:  # reviewers n and n + 5 want the same items
+                body = json.dumps({"file_name": it["file_name"], "label": "small", "version": 0,
+                                   "sha256": it["sha256"], "reviewer": f"r{n}"}).encode()
+                req = urllib.request.Request(server.url + "api/decide", data=body, method="POST", headers={
+                    "Content-Type": "application/json", "X-CSRF-Token": token})
+                try:
+                    status = urllib.request.urlopen(req).status
+                except urllib.error.HTTPError as err:
+                    status = err.code
+                outcomes.append((it["file_name"], f"r{n}", status))
+
+        threads = [threading.Thread(target=reviewer, args=(n,)) for n in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(outcomes) == 2 * len(items)
+    by_item = {}
+    for f, r, status in outcomes:
+        by_item.setdefault(f, []).append(status)
+    assert all(sorted(s) == [200, 409] for s in by_item.values())
+    corrections = _corrections(params)
+    assert len(corrections) == len(items) and corrections["file_name"].is_unique
+    winners = {(f, r) for f, r, s in outcomes if s == 200}
+    assert set(zip(corrections["file_name"], corrections["reviewer"])) == winners
+    audit = read_audit(params.paths.review / "audit.jsonl")
+    assert sum(e["outcome"] == "saved" for e in audit) == len(items)
+    assert sum(e["outcome"] == "conflict" for e in audit) == len(items)
+
+
 def test_a_class_out_of_the_real_manifold_gets_a_banner(p):
     from tasks.tables import write_class_quality
 

@@ -7,7 +7,10 @@ tests/browser.py, shared with tests/test_review_e2e.py.
 from __future__ import annotations
 
 import pytest
-from browser import browser_page, chromium  # noqa: F401  (fixtures)
+import os
+from pathlib import Path
+
+from browser import browser_page, chromium, draw_xrays  # noqa: F401  (fixtures)
 from review_fixtures import ITEMS, decisions, write_review_inputs
 
 from conftest import make_params
@@ -76,3 +79,108 @@ def test_review_with_the_keyboard_in_chromium(tmp_path, browser_page):
     assert audit[2]["new"]["decision"] == "reject" and audit[3]["new"] is None and audit[3]["file_name"] == third
     assert {e["action"] for e in audit[4:]} == {"bulk-accept"} and len(audit) == 4 + 3
     assert all(e["reviewer"] == REVIEWER and e["outcome"] == "saved" for e in audit)
+
+
+def _shots(tmp_path) -> Path:
+    """Where screenshots go: SYNTHLOOP_SCREENSHOT_DIR (docs/screenshots when refreshing them), else tmp_path."""
+    return Path(os.environ.get("SYNTHLOOP_SCREENSHOT_DIR") or tmp_path)
+
+
+def test_blind_mode_view_controls_palette_and_paging_with_the_keyboard(tmp_path, browser_page):
+    from playwright.sync_api import expect
+
+    params = make_params(tmp_path, {"review": {"mode": "manual", "blind": True}})
+    items = [("small" if i % 2 else "big", "big" if i % 3 else "small", 0.5 + (i % 40) / 100) for i in range(60)]
+    write_review_inputs(params, items=items)
+    draw_xrays(params)
+    page = browser_page
+    with BackgroundServer(params, port=0) as server:
+        page.goto(server.url)
+        progress = page.locator("#progress")
+        expect(progress).to_have_text("0/60 done · 0 corrected · 0 rejected")
+        page.fill("#reviewer-input", "ann")
+        page.click("#reviewer-save")
+        expect(page.locator("#blind-flag")).to_have_text("blind")
+        for field in ("#intended", "#predicted", "#confidence"):
+            expect(page.locator(field)).to_have_text("hidden (blind)")
+        page.keyboard.press("+")  # zoom, window and level are CSS on the image
+        page.keyboard.press("]")
+        page.keyboard.press(",")
+        image = page.locator("#image")
+        expect(image).to_have_attribute("style", "transform: translate(0px, 0px) scale(1.25); "
+                                                  "filter: brightness(0.9) contrast(1.2);")
+        page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+        page.screenshot(path=str(_shots(tmp_path) / "review-blind.png"))
+        page.keyboard.press("0")
+        expect(image).to_have_attribute("style", "transform: translate(0px, 0px) scale(1); "
+                                                  "filter: brightness(1) contrast(1);")
+        shown = page.locator("#file-name").inner_text()
+        assert "/" not in shown  # the folder (images/<intended class>/) is hidden too
+        page.keyboard.press("Enter")  # the prediction is hidden: Enter cannot accept it
+        expect(page.locator("#message")).to_contain_text("blind mode: choose the class")
+        expect(progress).to_have_text("0/60 done · 0 corrected · 0 rejected")
+        page.keyboard.press("2")  # big
+        expect(progress).to_contain_text("1/60 done")
+        page.keyboard.press("ArrowLeft")  # decided: the labels show now
+        first = page.locator("#file-name").inner_text()
+        assert first.endswith("/" + shown)
+        expect(page.locator("#intended")).not_to_have_text("hidden (blind)")
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("b")  # blind off: this decision is not blind
+        expect(page.locator("#blind-flag")).to_have_text("")
+        expect(page.locator("#intended")).not_to_have_text("hidden (blind)")
+        second = page.locator("#file-name").inner_text()
+        page.keyboard.press("/")  # the palette: any class by name
+        page.keyboard.type("sma")
+        page.keyboard.press("Enter")
+        expect(progress).to_contain_text("2/60 done")
+        expect(page.locator("#position")).to_have_text("item 3 of 60 shown")
+        page.keyboard.press("PageDown")  # the next page comes from the server, same offset
+        expect(page.locator("#position")).to_have_text("item 51 of 60 shown")
+        page.keyboard.press("PageUp")
+        expect(page.locator("#position")).to_have_text("item 3 of 60 shown")
+    audit = read_audit(params.paths.review / "audit.jsonl")
+    assert [(e["file_name"], e["new"]["final_label"], e["context"]) for e in audit] == [
+        (first, "big", {"blind": True, "view": "single"}), (second, "small", {"blind": False, "view": "single"})]
+
+
+def test_grid_accepts_relabels_and_undoes_a_selection_with_the_keyboard(tmp_path, browser_page):
+    from playwright.sync_api import expect
+
+    params = make_params(tmp_path, {"review": {"mode": "manual"}})
+    items = [("small" if i % 2 else "big", "big" if i % 3 else "small", 0.5 + (i % 40) / 100) for i in range(60)]
+    write_review_inputs(params, items=items)
+    draw_xrays(params)
+    page = browser_page
+    with BackgroundServer(params, port=0) as server:
+        page.goto(server.url)
+        progress = page.locator("#progress")
+        page.fill("#reviewer-input", "ann")
+        page.click("#reviewer-save")
+        expect(progress).to_have_text("0/60 done · 0 corrected · 0 rejected")
+        page.keyboard.press("g")
+        cells = page.locator("#grid figure")
+        expect(cells).to_have_count(48)  # one page of thumbnails
+        for key in (" ", "ArrowRight", " ", "ArrowDown", " "):  # select three
+            page.keyboard.press(key)
+        expect(page.locator("#grid figure.selected")).to_have_count(3)
+        expect(page.locator("#view-flag")).to_have_text("grid · 3 selected")
+        picked = [cells.nth(i).get_attribute("data-index") for i in range(48)
+                  if "selected" in (cells.nth(i).get_attribute("class") or "")]
+        assert picked == ["0", "1", "9"]
+        page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.naturalWidth > 0)")
+        page.screenshot(path=str(_shots(tmp_path) / "review-grid.png"))
+        page.keyboard.press("1")  # relabel all three as small
+        expect(progress).to_contain_text("3/60 done")
+        expect(page.locator("#grid figure.selected")).to_have_count(0)
+        page.keyboard.press("u")  # one undo takes the whole batch back
+        expect(progress).to_contain_text("0/60 done")
+        page.keyboard.press("*")  # select the page, accept each prediction
+        page.keyboard.press("Enter")
+        expect(progress).to_contain_text("48/60 done")
+    audit = read_audit(params.paths.review / "audit.jsonl")
+    assert [e["action"] for e in audit] == ["decide"] * 3 + ["undo"] * 3 + ["decide"] * 48
+    assert {e["new"]["final_label"] for e in audit[:3]} == {"small"} and audit[3]["new"] is None
+    assert all(e["context"] == {"blind": False, "view": "grid"} for e in audit[6:])
+    corrections = decisions(params.paths.review / "corrections.csv")
+    assert len(corrections) == 48 and set(corrections["decision"]) == {"accept"}

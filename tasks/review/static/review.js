@@ -1,9 +1,17 @@
 // synthloop review client. All text from the server is rendered with textContent (never innerHTML).
+// The queue arrives a page at a time (/api/items with a cursor), never whole: 10,000 items cost one page of JSON.
 "use strict";
 
 const config = JSON.parse(document.getElementById("config").textContent);
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
-const state = { items: [], progress: {}, view: [], idx: 0, undo: [], reviewer: "" };
+const PAGE = config.page_size;
+const COLS = 8;  // grid columns (review.css)
+const state = {
+  view: [], index: 0, matching: 0, idx: 0, progress: {}, undo: [], reviewer: "",
+  blind: Boolean(config.blind), grid: false, selected: new Set(),
+  zoom: 1, panX: 0, panY: 0, contrast: 1, brightness: 1,
+};
+const keyToClass = new Map(config.classes.map((c, i) => [config.keys[i], c]).filter(([k]) => k));
 const $ = (id) => document.getElementById(id);
 
 function say(text) { $("message").textContent = text || ""; }
@@ -19,142 +27,333 @@ async function post(path, body) {
   return { status: res.status, data };
 }
 
-async function load() {
-  const res = await fetch("/api/items");
-  const data = await res.json();
-  state.items = data.items;
+function filterArgs(extra) {
+  const args = { status: $("filter-status").value, cls: $("filter-class").value, limit: PAGE, ...extra };
+  return new URLSearchParams(Object.entries(args).filter(([, v]) => v !== "" && v !== undefined));
+}
+
+async function fetchItems(extra) {
+  const res = await fetch("/api/items?" + filterArgs(extra));
+  return res.json();
+}
+
+// Load the page after/before a queue position (or the first page); `pick` chooses the item to show: a file name,
+// an index, or a function of the page length.
+async function loadPage(cursor, pick) {
+  const data = await fetchItems(cursor || {});
+  state.view = data.items;
+  state.index = data.index;
+  state.matching = data.matching;
   state.progress = data.progress;
-  applyFilter();
+  state.selected.clear();
+  const at = typeof pick === "string" ? state.view.findIndex((it) => it.file_name === pick)
+    : typeof pick === "function" ? pick(state.view.length) : pick;
+  state.idx = Math.max(0, Math.min(at === undefined || at < 0 ? 0 : at, state.view.length - 1));
+  render();
 }
 
 function current() { return state.view[state.idx]; }
-
-function applyFilter(keepFile) {
-  const cls = $("filter-class").value;
-  const st = $("filter-status").value;
-  state.view = state.items.filter((it) =>
-    (!cls || it.intended_label === cls) &&
-    (!st || (st === "decided" ? it.status !== "waiting" : it.status === st)));
-  const keep = state.view.findIndex((it) => it.file_name === keepFile);
-  state.idx = keep >= 0 ? keep : Math.min(state.idx, Math.max(state.view.length - 1, 0));
-  render();
-}
+function imageUrl(it) { return "/image/" + it.file_name.split("/").map(encodeURIComponent).join("/"); }
+function hidden(it) { return state.blind && it.status === "waiting"; }
 
 function render() {
   const p = state.progress;
   $("progress").textContent = `${p.decided}/${p.total} done · ${p.corrected} corrected · ${p.rejected} rejected`;
   $("reviewer-name").textContent = state.reviewer ? `reviewing as ${state.reviewer}` : "enter your name to start";
-  $("position").textContent = state.view.length ? `item ${state.idx + 1} of ${state.view.length} shown` : "no items";
+  $("position").textContent = state.view.length
+    ? `item ${state.index + state.idx + 1} of ${state.matching} shown` : "no items";
+  $("blind-flag").textContent = state.blind ? "blind" : "";
+  $("view-flag").textContent = state.grid ? `grid · ${state.selected.size} selected` : "";
+  $("blind-toggle").checked = state.blind;
+  $("single").hidden = state.grid;
+  $("grid").hidden = !state.grid;
+  if (state.grid) renderGrid(); else renderSingle();
+}
+
+function renderSingle() {
   const it = current();
   const fields = ["file-name", "intended", "predicted", "confidence", "status", "final-label", "decided-by"];
-  if (!it) { fields.forEach((f) => { $(f).textContent = ""; }); $("image").removeAttribute("src"); return; }
-  $("image").src = "/image/" + it.file_name.split("/").map(encodeURIComponent).join("/");
-  $("file-name").textContent = it.file_name;
-  $("intended").textContent = it.intended_label;
-  $("predicted").textContent = it.pred_label;
-  $("confidence").textContent = Number(it.confidence).toFixed(3);
+  fields.forEach((f) => { $(f).textContent = ""; $(f).className = ""; });
+  if (!it) { $("image").removeAttribute("src"); return; }
+  const src = imageUrl(it);
+  if ($("image").getAttribute("src") !== src) { $("image").src = src; state.panX = 0; state.panY = 0; }
+  applyView();
+  // Blind: the folder of a generated image names its intended class, so only the file's own name shows.
+  $("file-name").textContent = hidden(it) ? it.file_name.split("/").pop() : it.file_name;
+  if (hidden(it)) {
+    ["intended", "predicted", "confidence"].forEach((f) => { $(f).textContent = "hidden (blind)"; $(f).className = "hidden"; });
+  } else {
+    $("intended").textContent = it.intended_label;
+    $("predicted").textContent = it.pred_label;
+    $("confidence").textContent = Number(it.confidence).toFixed(3);
+  }
   $("status").textContent = it.status;
   $("status").className = "status-" + it.status;
   $("final-label").textContent = it.status === "waiting" ? "" : (it.final_label || "(rejected)");
   $("decided-by").textContent = it.reviewer;
 }
 
-function replaceItem(item) {
-  const i = state.items.findIndex((x) => x.file_name === item.file_name);
-  if (i >= 0) state.items[i] = item;
+function renderGrid() {
+  const grid = $("grid");
+  grid.replaceChildren();
+  state.view.forEach((it, i) => {
+    const fig = document.createElement("figure");
+    fig.dataset.index = String(i);
+    fig.className = (i === state.idx ? "focus " : "") + (state.selected.has(it.file_name) ? "selected" : "");
+    const img = document.createElement("img");
+    img.src = imageUrl(it);
+    img.alt = hidden(it) ? it.file_name.split("/").pop() : it.file_name;
+    const cap = document.createElement("figcaption");
+    cap.className = "status-" + it.status;
+    const label = hidden(it) ? "?" : `${it.intended_label} → ${it.pred_label}`;
+    cap.textContent = it.status === "waiting" ? label : `${label} · ${it.final_label || "rejected"}`;
+    fig.append(img, cap);
+    fig.addEventListener("click", () => { state.idx = i; toggleSelected(it); });
+    grid.appendChild(fig);
+  });
 }
 
-function nextWaiting() {
-  for (let k = 1; k <= state.view.length; k++) {
-    const j = (state.idx + k) % state.view.length;
-    if (state.view[j].status === "waiting") return j;
+function applyView() {
+  const img = $("image");
+  img.style.transform = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom})`;
+  img.style.filter = `brightness(${state.brightness}) contrast(${state.contrast})`;
+  $("zoom").value = state.zoom; $("contrast").value = state.contrast; $("brightness").value = state.brightness;
+}
+
+function setView(changes) {
+  Object.assign(state, changes);
+  state.zoom = Math.max(1, Math.min(8, state.zoom));
+  state.contrast = Math.max(0.2, Math.min(5, state.contrast));
+  state.brightness = Math.max(0.2, Math.min(3, state.brightness));
+  if (state.zoom === 1) { state.panX = 0; state.panY = 0; }
+  applyView();
+}
+
+function replaceItem(item) {
+  const i = state.view.findIndex((x) => x.file_name === item.file_name);
+  if (i >= 0) state.view[i] = item;
+}
+
+// After a decision: the next waiting item (in this page, else the server's next one after it, wrapping around).
+async function nextWaiting() {
+  for (let j = state.idx + 1; j < state.view.length; j++) {
+    if (state.view[j].status === "waiting") { state.idx = j; render(); return; }
   }
-  return Math.min(state.idx + 1, state.view.length - 1);
+  const st = $("filter-status").value;
+  if (st !== "" && st !== "waiting") { await move(1); return; }
+  const from = current() ? current().position : -1;
+  let next = (await fetchItems({ status: "waiting", after: from, limit: 1 })).items[0];
+  if (!next) next = (await fetchItems({ status: "waiting", limit: 1 })).items[0];
+  if (!next) { await loadPage({ after: state.view.length ? state.view[0].position - 1 : -1 }, state.idx); return; }
+  const here = state.view.findIndex((it) => it.file_name === next.file_name);
+  if (here >= 0 && st === "") { state.idx = here; render(); return; }
+  await loadPage({ after: next.position - 1 }, next.file_name);
+}
+
+function needReviewer() {
+  if (state.reviewer) return false;
+  say("enter your reviewer name first");
+  $("reviewer-input").focus();
+  return true;
 }
 
 async function decide(label) {
   const it = current();
-  if (!it) return;
-  if (!state.reviewer) { say("enter your reviewer name first"); $("reviewer-input").focus(); return; }
-  const { status, data } = await post("/api/decide",
-    { file_name: it.file_name, sha256: it.sha256, label, version: it.version, reviewer: state.reviewer });
+  if (!it || needReviewer()) return;
+  const { status, data } = await post("/api/decide", {
+    file_name: it.file_name, sha256: it.sha256, label, version: it.version, reviewer: state.reviewer,
+    blind: hidden(it),
+  });
   if (status === 200) {
     replaceItem(data.item);
     state.progress = data.progress;
-    state.undo.push(it.file_name);
+    state.undo.push([data.item]);
     say(`${it.file_name}: ${data.item.status}${data.item.final_label ? " → " + data.item.final_label : ""}`);
-    const target = nextWaiting();
-    applyFilter(state.view[target] && state.view[target].file_name);
+    await nextWaiting();
   } else if (status === 409) {
     replaceItem(data.item);
     say(data.item.sha256 !== it.sha256
       ? `${it.file_name} is a different image now (regenerated); reloaded, decide again`
       : `${it.file_name} was changed by ${data.item.reviewer || "someone"} meanwhile; reloaded, decide again`);
-    applyFilter(it.file_name);
+    render();
   } else {
     say(`not saved (${status}): ${data.error || ""}`);
   }
 }
 
+// Grid: decide every selected thumbnail (or the focused one); `label` null = accept each one's prediction.
+async function decideSelection(label) {
+  if (needReviewer()) return;
+  const picked = state.view.filter((it) => state.selected.has(it.file_name));
+  const items = picked.length ? picked : [current()].filter(Boolean);
+  if (!items.length) return;
+  const blind = items.some(hidden);
+  const decisions = items.map((it) => ({
+    file_name: it.file_name, sha256: it.sha256, version: it.version, label: label === null ? it.pred_label : label,
+  }));
+  const { status, data } = await post("/api/decide-batch", { decisions, reviewer: state.reviewer, blind });
+  if (status !== 200) { say(`not saved (${status}): ${data.error || ""}`); return; }
+  data.results.forEach((r) => { if (r.item) replaceItem(r.item); });
+  state.progress = data.progress;
+  const saved = data.results.filter((r) => r.status === 200).map((r) => r.item);
+  const refused = data.results.filter((r) => r.status !== 200);
+  if (saved.length) state.undo.push(saved);
+  state.selected.clear();
+  say(`saved ${saved.length}` + (refused.length
+    ? `; ${refused.length} not saved (changed meanwhile or invalid): ${refused.map((r) => r.file_name).join(", ")}`
+    : ""));
+  render();
+}
+
+// Undo the last decision, or the last grid batch, with the item versions the saves returned.
 async function undo() {
-  const fileName = state.undo.pop();
-  if (!fileName) { say("nothing to undo"); return; }
-  const it = state.items.find((x) => x.file_name === fileName);
-  const { status, data } = await post("/api/undo",
-    { file_name: fileName, version: it.version, reviewer: state.reviewer });
-  if (status === 200) {
-    replaceItem(data.item);
-    state.progress = data.progress;
-    say(`undone: ${fileName} is ${data.item.status} again`);
-  } else {
-    if (data.item) replaceItem(data.item);
-    say(`undo not saved (${status}): ${data.error || ""}`);
-  }
-  applyFilter(fileName);
+  const batch = state.undo.pop();
+  if (!batch) { say("nothing to undo"); return; }
+  const entries = batch.map((it) => ({ file_name: it.file_name, version: it.version }));
+  const { status, data } = await post("/api/undo-batch", { items: entries, reviewer: state.reviewer });
+  if (status !== 200) { say(`undo not saved (${status}): ${data.error || ""}`); return; }
+  data.results.forEach((r) => { if (r.item) replaceItem(r.item); });
+  state.progress = data.progress;
+  const done = data.results.filter((r) => r.status === 200);
+  say(batch.length === 1 && done.length === 1 ? `undone: ${batch[0].file_name} is ${done[0].item.status} again`
+    : `undone ${done.length} of ${batch.length}` + (done.length < batch.length ? " (the rest changed meanwhile)" : ""));
+  const first = state.view.findIndex((x) => x.file_name === batch[0].file_name);
+  if (first >= 0) { state.idx = first; render(); } else { await loadPage({ after: batch[0].position - 1 }, batch[0].file_name); }
 }
 
 async function bulkAccept() {
   document.activeElement.blur();
-  if (!state.reviewer) { say("enter your reviewer name first"); return; }
+  if (needReviewer()) return;
   const t = Number($("bulk-threshold").value);
-  const n = state.items.filter((it) => it.status === "waiting" && it.confidence >= t).length;
+  const n = (await fetchItems({ status: "waiting", cls: "", min_confidence: t, limit: 0 })).matching;
   if (!window.confirm(`Accept the prediction for all ${n} remaining items with confidence ≥ ${t}?`)) return;
   const { status, data } = await post("/api/accept-confident", { threshold: t, reviewer: state.reviewer });
   say(status === 200 ? `accepted ${data.accepted} items` : `not saved (${status}): ${data.error || ""}`);
-  await load();
+  await loadPage({ after: state.view.length ? state.view[0].position - 1 : -1 }, state.idx);
 }
 
-function move(step) {
+// Move the cursor by `step` items, fetching the next/previous page at a page edge.
+async function move(step) {
   if (!state.view.length) return;
-  state.idx = Math.max(0, Math.min(state.view.length - 1, state.idx + step));
+  const target = state.idx + step;
+  if (target >= 0 && target < state.view.length) { state.idx = target; render(); return; }
+  if (target >= state.view.length && state.index + state.view.length < state.matching) {
+    const over = target - state.view.length;  // the same offset on the next page
+    await loadPage({ after: state.view[state.view.length - 1].position }, over);
+  } else if (target < 0 && state.index > 0) {
+    await loadPage({ before: state.view[0].position }, (n) => n + target);
+  } else {
+    state.idx = Math.max(0, Math.min(state.view.length - 1, target));
+    render();
+  }
+}
+
+function toggleSelected(it) {
+  if (!it) return;
+  if (state.selected.has(it.file_name)) state.selected.delete(it.file_name); else state.selected.add(it.file_name);
   render();
+}
+
+function toggleBlind() { state.blind = !state.blind; render(); say(state.blind ? "blind mode on" : "blind mode off"); }
+function toggleGrid() { state.grid = !state.grid; state.selected.clear(); render(); }
+
+function openPalette() {
+  $("palette-box").hidden = false;
+  $("palette").value = "";
+  $("palette").focus();
+}
+
+function paletteKey(ev) {
+  if (ev.key === "Escape") { ev.preventDefault(); $("palette-box").hidden = true; $("palette").blur(); return; }
+  if (ev.key !== "Enter") return;
+  ev.preventDefault();
+  const text = $("palette").value.trim().toLowerCase();
+  const exact = config.classes.find((c) => c.toLowerCase() === text);
+  const starts = config.classes.filter((c) => c.toLowerCase().startsWith(text));
+  const label = exact || (starts.length === 1 ? starts[0] : null);
+  if (!label) { say(`no single class matches ${JSON.stringify(text)} (${starts.length} start with it)`); return; }
+  $("palette-box").hidden = true;
+  $("palette").blur();
+  if (state.grid) decideSelection(label); else decide(label);
+}
+
+// Enter: accept the prediction, unless it is hidden (blind): the person then names the class.
+function acceptPrediction() {
+  const targets = state.grid && state.selected.size ? state.view.filter((x) => state.selected.has(x.file_name))
+    : [current()].filter(Boolean);
+  if (targets.some(hidden)) say("blind mode: choose the class with its key (the prediction is hidden)");
+  else if (state.grid) decideSelection(null);
+  else if (targets.length) decide(targets[0].pred_label);
 }
 
 function onKey(ev) {
   const tag = ev.target.tagName;
   // Typing a name or a threshold, or pressing Enter on a button, is not a decision.
   if (["INPUT", "SELECT", "TEXTAREA", "BUTTON"].includes(tag) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-  const n = Number(ev.key);
-  if (Number.isInteger(n) && n >= 1 && n <= config.classes.length) decide(config.classes[n - 1]);
-  else if (ev.key === "Enter") { const it = current(); if (it) decide(it.pred_label); }
-  else if (ev.key === "x" || ev.key === "X") decide("reject");
-  else if (ev.key === "u" || ev.key === "U" || ev.key === "Backspace") undo();
-  else if (ev.key === "ArrowRight") move(1);
-  else if (ev.key === "ArrowLeft") move(-1);
+  const key = ev.key;
+  const label = keyToClass.get(key);
+  const act = state.grid ? decideSelection : decide;
+  if (label !== undefined) act(label);
+  else if (key === "Enter") acceptPrediction();
+  else if (key === "x" || key === "X") act("reject");
+  else if (key === "u" || key === "U" || key === "Backspace") undo();
+  else if (key === "b" || key === "B") toggleBlind();
+  else if (key === "g" || key === "G") toggleGrid();
+  else if (key === "/") openPalette();
+  else if (key === "ArrowRight") move(1);
+  else if (key === "ArrowLeft") move(-1);
+  else if (key === "ArrowDown" && state.grid) move(COLS);
+  else if (key === "ArrowUp" && state.grid) move(-COLS);
+  else if (key === "PageDown") move(PAGE);
+  else if (key === "PageUp") move(-PAGE);
+  else if (key === " " && state.grid) toggleSelected(current());
+  else if (key === "*" && state.grid) {
+    const all = state.view.every((it) => state.selected.has(it.file_name));
+    state.view.forEach((it) => (all ? state.selected.delete(it.file_name) : state.selected.add(it.file_name)));
+    render();
+  }
+  else if (key === "Escape" && state.grid) { state.selected.clear(); render(); }
+  else if (key === "+" || key === "=") setView({ zoom: state.zoom * 1.25 });
+  else if (key === "-") setView({ zoom: state.zoom / 1.25 });
+  else if (key === "]") setView({ contrast: state.contrast + 0.2 });
+  else if (key === "[") setView({ contrast: state.contrast - 0.2 });
+  else if (key === ".") setView({ brightness: state.brightness + 0.1 });
+  else if (key === ",") setView({ brightness: state.brightness - 0.1 });
+  else if (key === "0") setView({ zoom: 1, contrast: 1, brightness: 1 });
   else return;
   ev.preventDefault();
+}
+
+function setupViewer() {
+  const stage = $("stage");
+  stage.addEventListener("wheel", (ev) => { ev.preventDefault(); setView({ zoom: state.zoom * (ev.deltaY < 0 ? 1.15 : 1 / 1.15) }); },
+    { passive: false });
+  let drag = null;
+  stage.addEventListener("pointerdown", (ev) => { drag = { x: ev.clientX - state.panX, y: ev.clientY - state.panY }; });
+  window.addEventListener("pointerup", () => { drag = null; });
+  stage.addEventListener("pointermove", (ev) => {
+    if (drag && state.zoom > 1) setView({ panX: ev.clientX - drag.x, panY: ev.clientY - drag.y });
+  });
+  const slider = (id, key) => $(id).addEventListener("input", () => { setView({ [key]: Number($(id).value) }); $(id).blur(); });
+  slider("zoom", "zoom"); slider("contrast", "contrast"); slider("brightness", "brightness");
 }
 
 function setup() {
   const keys = $("keys");
   const add = (k, what) => { const li = document.createElement("li"); li.textContent = `${k}: ${what}`; keys.appendChild(li); };
   config.classes.forEach((c, i) => {
-    add(String(i + 1), c);
+    if (config.keys[i]) add(config.keys[i], c);
     const opt = document.createElement("option");
     opt.value = c; opt.textContent = c;
     $("filter-class").appendChild(opt);
+    const choice = document.createElement("option");
+    choice.value = c;
+    $("palette-classes").appendChild(choice);
   });
+  add("/", `class palette (all ${config.classes.length} classes)`);
   add("Enter", "accept prediction"); add("X", "reject"); add("U / Backspace", "undo"); add("← →", "previous / next");
+  add("B", "blind on/off"); add("G", "grid on/off; Space select, * all, ↑↓ rows, Esc clear");
+  add("+ − 0", "zoom in / out / reset"); add("[ ]", "window (contrast)"); add(", .", "level (brightness)");
   state.reviewer = localStorage.getItem("synthloop-reviewer") || "";
   if (state.reviewer) $("reviewer-input").value = state.reviewer;
   $("reviewer-form").addEventListener("submit", (ev) => {
@@ -164,11 +363,14 @@ function setup() {
     document.activeElement.blur();  // hand the keyboard back to the hotkeys
     render();
   });
-  $("filter-class").addEventListener("change", () => applyFilter());
-  $("filter-status").addEventListener("change", () => applyFilter());
+  $("filter-class").addEventListener("change", () => { loadPage(); $("filter-class").blur(); });
+  $("filter-status").addEventListener("change", () => { loadPage(); $("filter-status").blur(); });
+  $("blind-toggle").addEventListener("change", () => { toggleBlind(); $("blind-toggle").blur(); });
   $("bulk-accept").addEventListener("click", bulkAccept);
+  $("palette").addEventListener("keydown", paletteKey);
   document.addEventListener("keydown", onKey);
-  load();
+  setupViewer();
+  loadPage();
 }
 
 setup();
