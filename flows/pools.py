@@ -9,10 +9,14 @@ on a cluster), because the stages hand their data over through ``data/`` and dvc
 
 from __future__ import annotations
 
+import json
+import os
+
 from prefect import flow
 from prefect.deployments import run_deployment
 
 from flows.gpu import ensure_gpu_limit, visible_devices
+from tasks.overrides import RUN_ENV, record_resolved, run_overrides
 from tasks.stage import needs_accelerator
 
 STAGE_FLOW = "synthloop-stage"
@@ -24,19 +28,23 @@ def deployment_for(stage: str) -> str:
 
 
 @flow(name=STAGE_FLOW)
-def synthloop_stage(stage: str) -> str:
-    """One stage, on whichever worker picked this run up; on a GPU worker it queues for a slot and a device."""
+def synthloop_stage(stage: str, set_params: list[str] | None = None) -> str:
+    """One stage, on whichever worker picked this run up; on a GPU worker it queues for a slot and a device.
+    ``set_params``: the loop run's overrides (a worker has no other way to get them)."""
     from flows.pipeline import run_stage
 
-    devices = visible_devices()
-    if devices:
-        ensure_gpu_limit(len(devices))
-    return run_stage(stage, devices, return_state=True).result()
+    with run_overrides(set_params):
+        record_resolved()
+        devices = visible_devices()
+        if devices:
+            ensure_gpu_limit(len(devices))
+        return run_stage(stage, devices, return_state=True).result()
 
 
 def run_on_pool(stage: str) -> str:
     """Run ``stage`` through its pool's deployment and wait; raise with the run's name when it did not complete."""
-    run = run_deployment(deployment_for(stage), parameters={"stage": stage}, timeout=None)
+    overrides = json.loads(os.environ.get(RUN_ENV) or "[]")  # this loop run's set_params (tasks/overrides.py)
+    run = run_deployment(deployment_for(stage), parameters={"stage": stage, "set_params": overrides}, timeout=None)
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
         raise RuntimeError(f"stage {stage!r} ran as flow run {run.name!r} of {deployment_for(stage)} and ended "

@@ -183,3 +183,23 @@ def test_flow_run_overrides_reach_the_stage_and_end_with_the_run(project: Path, 
         "so DVC now says phantom differs from what the checkout's params would produce"
     git = subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True, text=True)
     assert git.stdout == ""
+
+
+def test_a_pool_stage_gets_the_loop_runs_overrides(monkeypatch: pytest.MonkeyPatch):
+    """A worker sees no SYNTHLOOP_SET of the loop's process: run_on_pool hands the overrides over as a parameter."""
+    import types
+
+    import flows.pools as pools
+    from tasks.overrides import RUN_ENV
+
+    sent = {}
+
+    def fake_run_deployment(name, parameters, timeout):
+        sent.update(name=name, parameters=parameters)
+        return types.SimpleNamespace(state=types.SimpleNamespace(is_completed=lambda: True), name="r")
+
+    monkeypatch.setattr(pools, "run_deployment", fake_run_deployment)
+    monkeypatch.setenv(RUN_ENV, json.dumps(["review.mode=reference"]))
+    assert pools.run_on_pool("caption") == "ran"
+    assert sent == {"name": "synthloop-stage/cpu",
+                    "parameters": {"stage": "caption", "set_params": ["review.mode=reference"]}}
