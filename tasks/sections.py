@@ -272,6 +272,15 @@ class Augment(Section):
     scale: tuple[float, float] = (0.95, 1.05)
     brightness: float = Field(0.1, ge=0, le=1)
     contrast: float = Field(0.1, ge=0, le=1)
+    #: Generic strong policy on top of the light one (per image, uint8); the evaluate arm real+augment uses
+    #: strong_policy / strong_mix whatever these say, so the control exists without changing the baseline.
+    policy: Literal["none", "trivial", "randaugment"] = "none"
+    mix: Literal["none", "mixup", "cutmix"] = "none"  # batch mixing (soft labels)
+    strong_policy: Literal["trivial", "randaugment"] = "randaugment"
+    strong_mix: Literal["none", "mixup", "cutmix"] = "none"
+    randaugment_ops: int = Field(2, ge=1, le=6)
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    mix_alpha: float = Field(1.0, gt=0)
 
 
 class Baseline(Section):
@@ -357,29 +366,6 @@ class Retrain(Section):
     synthetic_weight: float = Field(1.0, ge=0)  # per-sample loss weight of a synthetic image (real: 1)
     pretrain_on_synthetic: bool = False  # train on synthetic first, then fine-tune on real only
     pretrain_epochs: int = Field(10, ge=1)
-
-
-class Fid(Section):
-    """Synthetic-vs-real quality (torch-fidelity), offline."""
-
-    inception_weights: Path | None = None  # local pt_inception weights file; else the baseline's features
-    max_images: int = Field(2000, ge=10)  # per set, for speed
-    prc_neighborhood: int = Field(3, ge=1)
-
-
-class Evaluate(Section):
-    backbones: tuple[Backbone, ...] = ("custom_cnn",)
-    seeds: tuple[int, ...] = (100, 101, 102, 103, 104)
-    confidence: float = Field(0.95, gt=0.5, lt=1)
-    grid_per_class: int = Field(8, ge=1, le=64)
-    fid: Fid = Fid()
-
-    @field_validator("seeds")
-    @classmethod
-    def _enough_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) < 2 or len(set(v)) != len(v):
-            raise ValueError("evaluate.seeds needs at least two distinct seeds for a confidence interval")
-        return v
 
 
 class Schedule(Section):

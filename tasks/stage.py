@@ -75,8 +75,10 @@ def stage_inputs(params: Params, stage: str) -> dict[str, Path]:
         # predict: its memorisation flags (copies of real train images are never trained on) and quality gate.
         "retrain": {"caption": p.caption, "generated": p.generate, "review": p.review / "corrections.csv",
                     "predict": p.predict},
-        "evaluate": {"test": p.ingest / "test", "caption": p.caption, "generated": p.generate,
-                     "review": p.review / "corrections.csv", "baseline": p.baseline, "retrain": p.retrain,
+        # trainval: the pool its repeats re-split; queue.csv: the order of the review-effort curve.
+        "evaluate": {"test": p.ingest / "test", "trainval": p.ingest / "trainval", "caption": p.caption,
+                     "generated": p.generate, "review": p.review / "corrections.csv",
+                     "queue": p.review / "queue.csv", "baseline": p.baseline, "retrain": p.retrain,
                      "predict": p.predict},
     }
     return table[stage]

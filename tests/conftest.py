@@ -27,7 +27,7 @@ SHRINK = {
                    "validation_every": 4, "validation_images": 2, "inference_steps": 2},
     "generate": {"num_images": 8, "batch_size": 4, "num_inference_steps": 2, "shard_size": 4, "cpu_threads": 1},
     "baseline": {"epochs": 2},
-    "evaluate": {"seeds": [0, 1]},
+    "evaluate": {"repeats": 2, "curve_repeats": 1, "curve_ratios": [0, 1], "effort_fractions": [0, 1], "workers": 1},
 }
 
 

@@ -79,3 +79,23 @@ def make_test_split(root: Path, n: int = 20, size: int = 32) -> Path:
                   "sha256": [f"{i:064x}" for i in range(n)], "phash": "0", "group": range(n), "width": size,
                   "height": size, "caption": ""}).to_csv(root / "manifest.csv", index=False)
     return root
+
+
+def make_trainval(root: Path, caption: Path) -> Path:
+    """An ingest ``trainval`` folder holding the caption fixture's train and val images (split column = theirs,
+    one near-duplicate group per image): the pool evaluate's repeats re-split."""
+    import shutil
+
+    rows = []
+    for split in ("train", "val"):
+        meta = pd.read_csv(caption / split / "metadata.csv")
+        for name, label in zip(meta["file_name"], meta["label"]):
+            rel = f"{split}/{name}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(caption / split / name, root / rel)
+            rows.append({"file_name": rel, "label": label, "split": split, "source": f"src/{rel}"})
+    df = pd.DataFrame(rows)
+    df = df.assign(sha256=[f"{i:064x}" for i in range(len(df))], phash="0", group=[f"g{i}" for i in range(len(df))],
+                   width=32, height=32, caption="")
+    df.to_csv(root / "manifest.csv", index=False)
+    return root

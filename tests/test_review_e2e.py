@@ -18,12 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from browser import browser_page, chromium  # noqa: F401  (fixtures)
 from project import copy_project, dvc, env_for
 from review_fixtures import decisions
 
-from conftest import REPO, free_port
+from conftest import free_port
 from tasks.review.audit import read_audit
 
 REVIEWER = "Dr. Ann O'Neil <vet>"  # stored as typed, shown as text
@@ -99,12 +98,10 @@ def _review_with_the_keyboard(page, url: str, total: int) -> dict[str, tuple[str
 def test_person_reviews_in_the_browser_and_the_paused_flow_resumes_to_retrain(completed_loop, tmp_path: Path,
                                                                               browser_page):
     port = free_port()
-    seed = yaml.safe_load((REPO / "params.yaml").read_text())["seed"]
     # The session's finished loop, switched to manual review with the simulated decisions removed: the flow
     # re-runs generate (fewer images) and predict, then stops at the checkpoint for a person.
     project = copy_project(completed_loop[0], tmp_path / "proj", {
-        "review": {"mode": "manual", "port": port}, "generate": {"num_images": 6},
-        "evaluate": {"seeds": [seed, seed + 1]}}, drop=("data/review",))  # evaluate reuses `seed`'s stage models
+        "review": {"mode": "manual", "port": port}, "generate": {"num_images": 6}}, drop=("data/review",))
     url = f"http://127.0.0.1:{port}/"
     log = tmp_path / "flow.log"
     env = {**env_for(project), "PREFECT_HOME": str(tmp_path / "prefect-home"), "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,8 @@
 """The training arms of the comparison: which synthetic rows an arm trains on, and how it trains on them.
 
-Arms differ in data only: every arm trains with the one recipe of ``tasks.classify.train``.
+Arms differ in data only (``real+augment`` also in its augmentation policy): every arm trains with the one
+recipe of ``tasks.classify.train``. Synthetic pools: ``reviewed_synthetic`` (the review's labels),
+``intended_synthetic`` (the prompted class), ``pseudo_synthetic`` (the baseline's confident predictions).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pandas as pd
 
 from tasks.classify.train import TrainResult, train_classifier
 from tasks.params import Params
+from tasks.sections import Baseline
 from tasks.stage import StageError
 
 log = logging.getLogger(__name__)
@@ -85,18 +88,52 @@ def synthetic_arm(params: Params, reviewed: pd.DataFrame, n_real: int, seed: int
     return select_synthetic(reviewed, n_real, r.synthetic_ratio, r.synthetic_cap, seed)
 
 
+def intended_synthetic(generated: pd.DataFrame) -> pd.DataFrame:
+    """Every ``ok`` generated image labelled with the class it was prompted for: no review, no classifier."""
+    table = pd.DataFrame({"file_name": generated["file_name"].to_numpy(),
+                          "label": generated["intended_label"].to_numpy(), "path": generated["path"].to_numpy()})
+    return table.sort_values("file_name", kind="stable").reset_index(drop=True)
+
+
+def pseudo_synthetic(generated: pd.DataFrame, predictions: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """``ok`` generated images labelled by the baseline's prediction when its confidence (calibrated when predict
+    calibrated it) is at least ``threshold``: self-training without a person."""
+    column = "confidence_calibrated" if "confidence_calibrated" in predictions else "confidence"
+    preds = predictions[["file_name", "pred_label", column]].rename(columns={column: "conf"})
+    merged = generated[["file_name", "path"]].merge(preds, on="file_name", how="inner")
+    missing = len(generated) - len(merged)
+    if missing:
+        log.warning("%d ok generated images have no prediction (predict ran on another manifest); left out "
+                    "of the pseudo-label arm", missing)
+    kept = merged[pd.to_numeric(merged["conf"], errors="coerce") >= threshold]
+    table = pd.DataFrame({"file_name": kept["file_name"].to_numpy(), "label": kept["pred_label"].to_numpy(),
+                          "path": kept["path"].to_numpy()})
+    return table.sort_values("file_name", kind="stable").reset_index(drop=True)
+
+
+def strong_recipe(cfg: Baseline) -> Baseline:
+    """The recipe with the strong classic augmentation policy (the ``real+augment`` control arm)."""
+    a = cfg.augment
+    return cfg.model_copy(update={"augment": a.model_copy(update={"policy": a.strong_policy, "mix": a.strong_mix})})
+
+
 def train_arm(params: Params, real_train: pd.DataFrame, val: pd.DataFrame, synthetic: pd.DataFrame | None = None,
-              *, backbone: str | None = None, seed: int | None = None, metric_prefix: str = "") -> TrainResult:
+              *, pretrain: bool | None = None, strong_augment: bool = False, backbone: str | None = None,
+              seed: int | None = None, metric_prefix: str = "", image_cache: dict | None = None) -> TrainResult:
     """One arm of the comparison with the baseline recipe: real only (``synthetic`` None/empty) or real +
-    synthetic (weighted ``retrain.synthetic_weight``; or pretrained on synthetic, then fine-tuned on real)."""
+    synthetic (weighted ``retrain.synthetic_weight``; or, ``pretrain`` — default ``retrain.pretrain_on_synthetic``
+    — pretrained on synthetic, then fine-tuned on real). ``strong_augment``: the strong policy (real+augment)."""
     cfg = params.baseline if backbone is None else params.baseline.model_copy(update={"backbone": backbone})
+    if strong_augment:
+        cfg = strong_recipe(cfg)
     seed = params.seed if seed is None else seed
+    pretrain = params.retrain.pretrain_on_synthetic if pretrain is None else pretrain
     common = {"classes": params.classes, "channels": params.ingest.channels,
-              "image_size": params.ingest.image_size, "seed": seed}
+              "image_size": params.ingest.image_size, "seed": seed, "image_cache": image_cache}
     if synthetic is None or synthetic.empty:
         return train_classifier(cfg, real_train, val, metric_prefix=metric_prefix, **common)
     synth = synthetic.assign(weight=params.retrain.synthetic_weight, source="synthetic")
-    if not params.retrain.pretrain_on_synthetic:
+    if not pretrain:
         mixed = pd.concat([real_train, synth[real_train.columns.intersection(synth.columns)]], ignore_index=True)
         return train_classifier(cfg, mixed, val, metric_prefix=metric_prefix, **common)
     pre = train_classifier(cfg, synth, val, epochs=params.retrain.pretrain_epochs,

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tasks.classify.data import ImageDataset, build_augment, load_images
+from tasks.classify.data import ImageDataset, augment_batch, build_mix, build_policy, load_images
 from tasks.classify.models import ClassifierNet, build_model, model_meta
 from tasks.progress import progress
-from tasks.sections import Baseline
+from tasks.sections import Augment, Baseline
 from tasks.stage import StageError
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,15 @@ class WeightedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
                 sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -logp
+        """``target``: class indices (N), or soft labels (N×K, from mixup/cutmix: a mixture of the per-class
+        losses, and of the class weights)."""
+        soft = target if target.dim() == 2 else F.one_hot(target, logits.shape[1]).float()
+        logp_all = F.log_softmax(logits.float(), dim=1)
+        per_class = -logp_all
         if self.gamma:
-            loss = loss * (1 - logp.exp()).clamp_min(0).pow(self.gamma)
-        alpha = self.class_weights[target] if self.class_weights.numel() else torch.ones_like(loss)
+            per_class = per_class * (1 - logp_all.exp()).clamp_min(0).pow(self.gamma)
+        loss = (soft * per_class).sum(1)
+        alpha = soft @ self.class_weights if self.class_weights.numel() else torch.ones_like(loss)
         w = alpha if sample_weight is None else alpha * sample_weight
         return (w * loss).sum() / w.sum().clamp_min(1e-12)
 
@@ -105,14 +109,14 @@ class TrainResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _tensors(table: pd.DataFrame, classes: Sequence[str], channels: int, size: int):
+def _tensors(table: pd.DataFrame, classes: Sequence[str], channels: int, size: int, cache: dict | None = None):
     unknown = sorted(set(table["label"]) - set(classes))
     if unknown:
         raise StageError(f"labels {unknown} are not among the classes {list(classes)}")
     y = torch.tensor([classes.index(lbl) for lbl in table["label"]], dtype=torch.long)
     w = torch.tensor(table["weight"].to_numpy(dtype=np.float32) if "weight" in table else np.ones(len(table)),
                      dtype=torch.float32)
-    return load_images(table["path"].tolist(), channels, size), y, w
+    return load_images(table["path"].tolist(), channels, size, cache), y, w
 
 
 def _optimizer(cfg: Baseline, model: nn.Module) -> torch.optim.Optimizer:
@@ -155,16 +159,33 @@ def _log_epoch(row: dict[str, float], prefix: str) -> None:
     mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
 
-def _train_epoch(model, loader, loss_fn, opt, scaler, device, amp_dtype, epoch: int) -> tuple[float, float]:
+@dataclass
+class _Augmenter:
+    """The batch side of augmentation: the light policy (batched) then mixup/cutmix, with the training's RNG."""
+
+    cfg: Augment
+    gen: torch.Generator
+    mix: Any = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = augment_batch(x.float().div_(255), self.cfg, self.gen)
+        if self.mix is not None and len(y) > 1:
+            x, y = self.mix(x, y)
+        return x, y
+
+
+def _train_epoch(model, loader, augment: _Augmenter, loss_fn, opt, scaler, device, amp_dtype,
+                 epoch: int) -> tuple[float, float]:
     model.train()
     total, correct, seen = 0.0, 0, 0
     for step, (x, y, w) in enumerate(loader):
         x, y, w = x.to(device), y.to(device), w.to(device)
+        x, target = augment(x, y)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits, aux = model.forward_train(x)
-        loss = loss_fn(logits, y, w)
+        loss = loss_fn(logits, target, w)
         if aux is not None:  # Inception-v3's auxiliary classifier, weighted as in its paper
-            loss = loss + 0.4 * loss_fn(aux, y, w)
+            loss = loss + 0.4 * loss_fn(aux, target, w)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch} step {step}: lower "
                                    "baseline.learning_rate or use baseline.precision: fp32; nothing was saved")
@@ -192,18 +213,20 @@ def _validate(model, images, labels, loss_fn, batch_size, device) -> dict[str, f
 
 def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, classes: Sequence[str],
                      channels: int, image_size: int, seed: int, epochs: int | None = None,
-                     init_state: dict[str, torch.Tensor] | None = None, metric_prefix: str = "") -> TrainResult:
+                     init_state: dict[str, torch.Tensor] | None = None, metric_prefix: str = "",
+                     image_cache: dict | None = None) -> TrainResult:
     """Train one classifier on ``train`` (``path,label[,weight]``); early stopping and best epoch on ``val`` only.
 
     Deterministic on CPU for a seed (same data → identical weights). Per-epoch train/val loss and accuracy go to
-    the history and to the active MLflow run (``step=epoch``).
+    the history and to the active MLflow run (``step=epoch``). ``image_cache``: decoded images shared between
+    trainings on the same files (``load_images``).
     """
     classes = list(classes)
     epochs = epochs or cfg.epochs
     with deterministic(seed):
         device = resolve_device(cfg.device)
-        x_tr, y_tr, w_tr = _tensors(train, classes, channels, image_size)
-        x_va, y_va, _ = _tensors(val, classes, channels, image_size)
+        x_tr, y_tr, w_tr = _tensors(train, classes, channels, image_size, image_cache)
+        x_va, y_va, _ = _tensors(val, classes, channels, image_size, image_cache)
         model = build_model(cfg.backbone, len(classes), channels, cfg.pretrained_weights)
         if init_state is not None:
             model.load_state_dict(init_state)
@@ -215,14 +238,15 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
         sched = _scheduler(cfg, opt, epochs)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # A last batch of one breaks BatchNorm in training mode; drop it only then.
-        loader = DataLoader(ImageDataset(x_tr, y_tr, w_tr, build_augment(cfg.augment)), batch_size=cfg.batch_size,
+        loader = DataLoader(ImageDataset(x_tr, y_tr, w_tr, build_policy(cfg.augment)), batch_size=cfg.batch_size,
                             shuffle=True, generator=torch.Generator().manual_seed(seed),
                             num_workers=cfg.num_workers, drop_last=len(y_tr) % cfg.batch_size == 1)
+        augment = _Augmenter(cfg.augment, torch.Generator().manual_seed(seed + 1), build_mix(cfg.augment, len(classes)))
         rows, best, best_state, best_epoch, bad = [], None, None, 0, 0
         # one progress line per epoch at most every SYNTHLOOP_PROGRESS_S (baseline, retrain, evaluate's arms)
         for epoch in progress(range(1, epochs + 1), desc=f"{metric_prefix}train epochs", unit="epoch"):
             lr = opt.param_groups[0]["lr"]
-            tr_loss, tr_acc = _train_epoch(model, loader, loss_fn, opt, scaler, device, amp_dtype, epoch)
+            tr_loss, tr_acc = _train_epoch(model, loader, augment, loss_fn, opt, scaler, device, amp_dtype, epoch)
             row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc,
                    **_validate(model, x_va, y_va, loss_fn, cfg.batch_size, device), "lr": lr}
             rows.append(row)

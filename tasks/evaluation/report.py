@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tasks.evaluation import answer
 from tasks.evaluation.checks import checks_blocks
 from tasks.io import atomic_write_bytes, atomic_write_text
 
@@ -30,16 +31,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _pm(mean: float, lo: float, hi: float) -> str:
-    if math.isnan(lo):
-        return _fmt(mean)
-    return f"{mean:.4f} [{lo:.4f}, {hi:.4f}]"
-
-
 # ------------------------------------------------------------------------------------------------- figures
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (no timestamp metadata: the same figure gives the same bytes); closes it."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -63,7 +59,7 @@ def confusion_png(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="actual", title=title)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def learning_curves_png(histories: dict[str, pd.DataFrame]) -> bytes:
@@ -84,7 +80,7 @@ def learning_curves_png(histories: dict[str, pd.DataFrame]) -> bytes:
     ax2.set(xlabel="epoch", ylabel="balanced accuracy", title="validation balanced accuracy", ylim=(0, 1.02))
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def sample_grid_png(real: Any, synth: Any, classes: Sequence[str], per_class: int) -> bytes:
@@ -105,7 +101,7 @@ def sample_grid_png(real: Any, synth: Any, classes: Sequence[str], per_class: in
                 img = imgs[j].permute(1, 2, 0).numpy()
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
         axes[r][0].set_title(label, fontsize=7, loc="left")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # ------------------------------------------------------------------------------------------------ renderers
@@ -157,45 +153,42 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
 # --------------------------------------------------------------------------------------------------- content
 
 
-def _arms_table(summary: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"backbone": a["backbone"], "arm": a["arm"], "split": a["split"], "seeds": a["n_seeds"],
-             **{m: _pm(a[f"{m}_mean"], a[f"{m}_low"], a[f"{m}_high"])
-                for m in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")}} for a in summary["arms"]]
-    return pd.DataFrame(rows)
-
-
-def _paired_table(summary: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame([{"backbone": d["backbone"], "split": d["split"], "metric": d["metric"],
-                          "seeds": d["n_seeds"], "retrained − baseline": _pm(d["diff_mean"], d["diff_low"],
-                                                                              d["diff_high"]),
-                          "verdict": d["verdict"]} for d in summary["paired"]])
-
-
 def build_blocks(summary: dict[str, Any], figures: list[tuple[str, bytes, str]]) -> list[Block]:
-    """The report's content, from evaluate's summary.json object and the rendered figures."""
-    h, conf = summary["headline"], int(round(100 * summary["confidence"]))
-    test_diff = next(d for d in summary["paired"] if d["split"] == "test" and d["backbone"] == summary["backbone"])
+    """The report's content, from evaluate's summary.json object and the rendered figures. The first screen:
+    who reviewed, then the recommendation (both within the first lines of report.md)."""
+    conf = int(round(100 * summary["confidence"]))
+    curve_figs = {name: f for f in figures for name in ("gain_synthetic.png", "gain_review.png") if f[0] == name}
     blocks: list[Block] = [
-        ("h1", "synthloop report: did synthetic data help?"),
-        ("p", f"Answer ({summary['backbone']}, held-out real test set, {len(summary['seeds'])} seeds): "
-              f"{test_diff['verdict']}. Test balanced accuracy real only {h['baseline_test_balanced_accuracy_mean']:.4f}"
-              f" vs real + synthetic {h['retrained_test_balanced_accuracy_mean']:.4f}; paired difference "
-              f"{h['paired_diff_test_balanced_accuracy']:+.4f} ({conf}% CI [{h['paired_diff_test_low']:+.4f}, "
-              f"{h['paired_diff_test_high']:+.4f}])."),
+        ("h1", "synthloop report: did synthetic data help, and was the review worth it?"),
+        ("p", f"Who reviewed: {summary['review_source']['text']}."),
+        ("p", answer.recommendation(summary)),
         ("p", f"Data: {summary['n_train_real']} real train, {summary['n_val']} real val (early stopping only), "
-              f"{summary['n_test']} real test images (used by this stage only); {summary['n_synthetic_used']} "
-              f"reviewed synthetic images used of {summary['n_synthetic_reviewed_usable']} accepted/corrected. "
-              f"Seeds: {summary['seeds']}. Intervals: {conf}% t-distribution over seeds; the paired difference is "
-              "taken per seed (same seed, same recipe, only the training data differ)."),
-        ("h2", "Backbone × arm × split (mean [CI] over seeds)"), ("table", _arms_table(summary)),
-        ("h2", "Paired difference: real + synthetic − real only"), ("table", _paired_table(summary)),
-        ("h2", "Stage models on the test set (seed of the pipeline)"),
-        ("table", pd.DataFrame([{"model": arm, **m} for arm, m in summary["stage_models_test"].items()])),
+              f"{summary['n_test']} real test images (read by this stage only). Synthetic pools: "
+              + ", ".join(f"{k} {v}" for k, v in summary["pool_sizes"].items())
+              + f"; each synthetic arm draws up to {summary['n_synthetic_used']} of them per repeat. "
+              f"{summary['repeats']} repeats: repeat r uses seed + r for the classifier, the synthetic draw and a "
+              "re-drawn stratified, group-aware train/val split (repeat 0 = the pipeline's split and stage "
+              f"models); the test split never moves. Intervals: {conf}% t-intervals over repeats; the paired "
+              "difference is taken per repeat; verdicts use the paired t-test with Holm's correction over the arms."),
+        ("h2", "Arms on the test set (mean [CI] over repeats)"), ("table", answer.arms_table(summary, "test")),
+        ("h2", "Paired difference: each arm − real"), ("table", answer.paired_table(summary)),
+    ]
+    for group, title in (("ratio", "Gain vs synthetic images used"), ("effort", "Gain vs review decisions")):
+        if group in summary["curves"]:
+            name = "gain_synthetic.png" if group == "ratio" else "gain_review.png"
+            blocks += [("h2", f"{title} ({summary['curve_repeats']} repeats)"),
+                       ("table", answer.curve_frame(summary["curves"][group]))]
+            if name in curve_figs:
+                blocks.append(("img", curve_figs[name]))
+    blocks += [
+        ("h2", "Arms on the validation set (mean [CI] over repeats)"), ("table", answer.arms_table(summary, "val")),
+        ("h2", "Stage models on the test set (repeat 0)"),
+        ("table", pd.DataFrame([{"model": arm, **{k: v for k, v in m.items()}}
+                                for arm, m in summary["stage_models_test"].items()])),
         ("h2", "Synthetic vs real image quality"),
-        ("p", f"Feature extractor: {summary['fidelity_extractor']}. Synthetic = the reviewed images retrain used "
-              "(labelled by the reviewers' final label); real = the held-out test images. Lower FID/KID is closer; "
-              "precision = share of synthetic images inside the real manifold, recall = the reverse. — = set too "
-              "small for the statistic."),
+        ("p", answer.fid_sentence(summary) + " Synthetic = the reviewed images retrain used (labelled by the "
+              "reviewers' final label); real = the held-out test images. Lower FID/KID is closer; precision = share "
+              "of synthetic images inside the real manifold, recall = the reverse. — = set too small."),
         ("table", pd.DataFrame(summary["fidelity"])),
         *checks_blocks(summary),
         ("h2", "Review cost"),
@@ -203,25 +196,33 @@ def build_blocks(summary: dict[str, Any], figures: list[tuple[str, bytes, str]])
               f"{summary['review_cost']['rejections_per_100']:.1f} rejections per 100 generated (kept) images "
               "(a correction changes the baseline classifier's label). Generator fidelity: "
               f"{100 * summary['review_cost'].get('intended_agreement', float('nan')):.1f}% of the kept images "
-              "were given the class they were generated for."),
+              f"were given the class they were generated for. Review source: {summary['review_source']['text']}."),
         ("table", pd.DataFrame([summary["review_cost"]])),
         ("h2", "Figures"),
     ]
-    blocks += [("img", f) for f in figures]
+    blocks += [("img", f) for f in figures if f[0] not in curve_figs]
     return blocks
 
 
-def write_report(folder: Path, *, params: Any, summary: dict[str, Any], stage_models: dict[str, Any], stage_proba: dict[str, np.ndarray], test_set: Any, real_train: Any,
+def write_report(folder: Path, *, params: Any, summary: dict[str, Any], stage_models: dict[str, Any],
+                 stage_proba: dict[str, np.ndarray], test_set: Any, real_train: Any,
                  synth_set: Any) -> tuple[Path, Path]:
     """Render figures, ``report.md`` and ``report.html`` into ``folder``; return the two report paths."""
     classes = list(params.classes)
     figures = [(f"confusion_{arm}.png",
-                confusion_png(test_set.y, proba.argmax(1), classes, f"{arm} (test)"), f"Confusion matrix, {arm} stage model, test")
+                confusion_png(test_set.y, proba.argmax(1), classes, f"{arm} (test)"),
+                f"Confusion matrix, {arm} stage model, test")
                for arm, proba in stage_proba.items()]
     figures.append(("learning_curves.png", learning_curves_png({a: r.history for a, r in stage_models.items()}),
                     "Learning curves of the stage models"))
     figures.append(("samples.png", sample_grid_png(real_train, synth_set, classes, params.evaluate.grid_per_class),
                     "Per class: real (train) vs synthetic (used in retrain)"))
+    from tasks.evaluation.curves import curve_png
+
+    for group, name, title in (("ratio", "gain_synthetic.png", "Test gain over real vs synthetic images used"),
+                               ("effort", "gain_review.png", "Test gain over real vs review decisions applied")):
+        if group in summary["curves"]:
+            figures.append((name, curve_png(pd.DataFrame(summary["curves"][group]), group, title), title))
     folder = Path(folder)
     for name, png, _ in figures:
         atomic_write_bytes(folder / "figures" / name, png)

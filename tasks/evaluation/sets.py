@@ -26,11 +26,15 @@ class EvalSet:
 
 
 
-def eval_set(table: pd.DataFrame, params: Params) -> EvalSet:
+def eval_set(table: pd.DataFrame, params: Params, cache: dict | None = None) -> EvalSet:
+    """A split's table (``path,label``) with its images decoded (through ``cache`` when given)."""
     y = np.array([params.classes.index(lbl) for lbl in table["label"]])
-    return EvalSet(table, load_images(table["path"].tolist(), params.ingest.channels, params.ingest.image_size), y)
+    return EvalSet(table, load_images(table["path"].tolist(), params.ingest.channels, params.ingest.image_size,
+                                      cache), y)
 
 
-def score(model: ClassifierNet, data: EvalSet, classes: Sequence[str]) -> tuple[dict[str, float], np.ndarray]:
+def score(model: ClassifierNet, data: EvalSet, classes: Sequence[str],
+          ordered: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics (``classification_metrics``; ordinal ones for ordered classes) and the probabilities."""
     proba = predict_proba(model, data.images)
-    return classification_metrics(data.y, proba, classes), proba
+    return classification_metrics(data.y, proba, classes, ordered), proba

@@ -1,0 +1,49 @@
+"""Who reviewed: the one sentence (``review_source``) that the report's first screen and metrics carry, so a
+report built on simulated or automatic review can never be taken for a human one.
+
+Counted from the decisions themselves (corrections.csv ``reviewer``), not from ``review.mode`` alone: a manual
+review may have been topped up automatically. Automatic reviewers are named as the review wing writes them
+(``tasks/review/modes.py``): ``auto:...`` for rules, ``... (simulated)`` for the reference labeler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+SIMULATED_TEXT = "simulated — reference labeler; a human reviewer's result will differ"
+
+
+def _kind(reviewer: str) -> str:
+    if reviewer.endswith("(simulated)"):
+        return "simulated"
+    if reviewer.startswith("auto:") or not reviewer:
+        return "automatic"
+    return "human"
+
+
+def review_source(corrections: pd.DataFrame, mode: str, threshold: float) -> dict[str, Any]:
+    """``{"text", "kind", "n_decisions", "n_people", "n_simulated", "n_automatic", "n_human"}`` for the review.
+
+    kind ``simulated`` whenever any decision is simulated (the sentence says so first), else ``human`` when a
+    person decided anything ("N decisions by K people"), else ``automatic`` ("accept-confident at threshold t").
+    """
+    reviewers = corrections["reviewer"].fillna("").astype(str).str.strip()
+    kinds = reviewers.map(_kind)
+    n = {k: int((kinds == k).sum()) for k in ("simulated", "automatic", "human")}
+    people = int(reviewers[kinds == "human"].nunique())
+    total = len(corrections)
+    if n["simulated"] or (mode == "reference" and not n["human"]):
+        kind, text = "simulated", SIMULATED_TEXT
+        if n["human"]:
+            text += f" ({n['simulated']} of {total} decisions simulated, {n['human']} by {people} people)"
+    elif n["human"]:
+        kind = "human"
+        text = f"{n['human']} decisions by {people} {'person' if people == 1 else 'people'}"
+        if n["automatic"]:
+            text += f" (plus {n['automatic']} automatic)"
+    else:
+        kind, text = "automatic", f"accept-confident at threshold {threshold:g} (no human)"
+    return {"text": text, "kind": kind, "mode": mode, "n_decisions": total, "n_people": people,
+            "n_simulated": n["simulated"], "n_automatic": n["automatic"], "n_human": n["human"]}
