@@ -1,11 +1,14 @@
-"""Classifier throughput on CPU: training and inference images/s for the custom CNN and ResNet18 at the
-default image size (params.yaml ingest.image_size, grayscale). Prints one line per backbone.
+"""Classifier throughput on CPU: training and inference images/s per backbone at the default image size
+(params.yaml ingest.image_size and ingest.channels), each at the input size the model resizes to (ViT-B/16 224,
+Inception-v3 299 unless ``@size`` says otherwise). Prints one line per backbone and returns the numbers.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_classifier.py
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_classifier.py                  # custom_cnn, resnet18
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_classifier.py vit_b_16 vit_b_16@64 resnet50
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import tasks  # noqa: F401  (arms the torchvision guard)
@@ -15,10 +18,13 @@ from tasks.classify.models import build_model
 from tasks.classify.train import WeightedLoss
 from tasks.params import load_params
 
+DEFAULT = ("custom_cnn", "resnet18")
 
-def _throughput(backbone: str, size: int, channels: int, batch: int = 32, steps: int = 10) -> tuple[float, float]:
+
+def _throughput(backbone: str, size: int, channels: int, input_size: int | None, batch: int = 32,
+                steps: int = 10) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = build_model(backbone, 2, channels)
+    model = build_model(backbone, 2, channels, input_size=input_size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = WeightedLoss()
     x, y = torch.rand(batch, channels, size, size), torch.randint(0, 2, (batch,))
@@ -26,7 +32,8 @@ def _throughput(backbone: str, size: int, channels: int, batch: int = 32, steps:
     for i in range(steps + 2):  # two warm-up steps
         if i == 2:
             t0 = time.perf_counter()
-        loss = loss_fn(model.forward_train(x)[0], y)
+        logits, aux = model.forward_train(x)
+        loss = loss_fn(logits, y) + (0.4 * loss_fn(aux, y) if aux is not None else 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -40,14 +47,19 @@ def _throughput(backbone: str, size: int, channels: int, batch: int = 32, steps:
     return train, batch * steps / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(specs: list[str] | None = None) -> dict:
+    """``specs``: backbone names, each optionally ``@input_size``; default custom_cnn and resnet18."""
     p = load_params()
     size, channels = p.ingest.image_size, p.ingest.channels
     print(f"CPU, torch threads={torch.get_num_threads()}, {size}x{size}x{channels}, batch 32")
-    for backbone in ("custom_cnn", "resnet18"):
-        train, infer = _throughput(backbone, size, channels)
-        print(f"{backbone:12s} train {train:8.1f} img/s   inference {infer:8.1f} img/s")
+    results = {}
+    for spec in specs or DEFAULT:
+        backbone, _, at = spec.partition("@")
+        train, infer = _throughput(backbone, size, channels, int(at) if at else None)
+        print(f"{spec:14s} train {train:8.1f} img/s   inference {infer:8.1f} img/s")
+        results[spec] = {"train_images_per_s": round(train, 1), "inference_images_per_s": round(infer, 1)}
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

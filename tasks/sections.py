@@ -261,6 +261,11 @@ class Generate(Section):
 
 #: Classifier backbones (tasks/classify/models.py builds them; torchvision ones with weights=None).
 Backbone = Literal["custom_cnn", "resnet18", "resnet50", "vgg19", "vit_b_16", "inception_v3"]
+#: Input size when baseline.input_size sets none (others: the data's size), and the least each takes: ResNet/VGG
+#: halve 5 times, Inception-v3's auxiliary classifier needs 299². Weights files: tasks/classify/weights.py.
+NATIVE_INPUT_SIZE = {"vit_b_16": 224, "inception_v3": 299}
+MIN_INPUT_SIZE = {"custom_cnn": 16, "resnet18": 32, "resnet50": 32, "vgg19": 32, "vit_b_16": 16, "inception_v3": 299}
+VIT_PATCH, WEIGHT_SUFFIXES = 16, (".safetensors", ".pt", ".pth")
 
 
 class Augment(Section):
@@ -287,7 +292,12 @@ class Baseline(Section):
     """The one training recipe (tasks/classify/train.py). retrain and evaluate reuse it so arms differ only in data."""
 
     backbone: Backbone = "custom_cnn"
-    pretrained_weights: Path | None = None  # local torchvision state dict (.safetensors or .pt); never downloaded
+    #: Local initial weights per backbone (.safetensors/.pt/.pth state dict, never downloaded); a single path in
+    #: params.yaml belongs to ``backbone`` (evaluate's other backbones then start from random weights).
+    pretrained_weights: dict[Backbone, Path] = Field(default_factory=dict)
+    #: Input size per backbone (images resized to it); a single number belongs to ``backbone``. Unset: ViT-B/16
+    #: 224, Inception-v3 299, the others the data's image size.
+    input_size: dict[Backbone, int] = Field(default_factory=dict)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -305,6 +315,36 @@ class Baseline(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     augment: Augment = Augment()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_backbone(cls, data):
+        # One value in params.yaml belongs to `backbone`; kept per backbone, so an evaluate arm that swaps the
+        # backbone (model_copy) never gets another backbone's weights file or input size.
+        if isinstance(data, dict):
+            b = data.get("backbone", cls.model_fields["backbone"].default)
+            data = {**data, **{k: {} if data[k] is None else data[k] if isinstance(data[k], dict) else {b: data[k]}
+                               for k in ("pretrained_weights", "input_size") if k in data}}
+        return data
+
+    @model_validator(mode="after")
+    def _files_and_sizes_fit(self) -> "Baseline":
+        bad = {b: str(p) for b, p in self.pretrained_weights.items() if p.suffix not in WEIGHT_SUFFIXES}
+        if bad:
+            raise ValueError(f"baseline.pretrained_weights must be {'/'.join(WEIGHT_SUFFIXES)} files: {bad}")
+        for b, size in self.input_size.items():
+            if size < MIN_INPUT_SIZE[b] or (b == "vit_b_16" and size % VIT_PATCH):
+                raise ValueError(f"baseline.input_size {size} does not fit {b}: at least {MIN_INPUT_SIZE[b]}"
+                                 + (f", a multiple of its {VIT_PATCH}-pixel patch" if b == "vit_b_16" else ""))
+        return self
+
+    def weights_for(self, backbone: str) -> Path | None:
+        """The initial weights file for ``backbone``, if one is configured."""
+        return self.pretrained_weights.get(backbone)
+
+    def input_size_for(self, backbone: str) -> int | None:
+        """The configured input size for ``backbone``, else its native size (None: the data's size)."""
+        return self.input_size.get(backbone, NATIVE_INPUT_SIZE.get(backbone))
 
 
 class Predict(Section):

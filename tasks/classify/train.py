@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.classify.data import ImageDataset, augment_batch, build_mix, build_policy, load_images
-from tasks.classify.models import ClassifierNet, build_model, model_meta
+from tasks.classify.models import ClassifierNet, build_classifier, model_meta
 from tasks.progress import progress
 from tasks.sections import Augment, Baseline
 from tasks.stage import StageError
@@ -227,7 +227,7 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
         device = resolve_device(cfg.device)
         x_tr, y_tr, w_tr = _tensors(train, classes, channels, image_size, image_cache)
         x_va, y_va, _ = _tensors(val, classes, channels, image_size, image_cache)
-        model = build_model(cfg.backbone, len(classes), channels, cfg.pretrained_weights)
+        model = build_classifier(cfg, len(classes), channels)
         if init_state is not None:
             model.load_state_dict(init_state)
         model.to(device)
