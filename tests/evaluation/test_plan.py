@@ -86,3 +86,34 @@ def test_curve_table_is_the_gain_over_real_per_repeat():
     table = curve_table(pd.DataFrame(rows), "ratio", 0.95)
     assert table.shape == (3, 7) and table["n_synthetic"].tolist() == [0, 8, 16]
     assert table["gain_mean"].tolist() == pytest.approx([0, 0.1, 0.21]) and table["n_repeats"].eq(2).all()
+
+
+def test_dvc_plots_show_renders_both_curves(tmp_path):
+    """dvc.yaml's two curve plots, pointed at curve_table's CSVs, render with `dvc plots show`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    rows = []
+    for r, base in enumerate([0.6, 0.7]):
+        rows.append({"group": "arms", "arm": "real", "backbone": "b", "repeat": r, "split": "test",
+                     "x": float("nan"), "balanced_accuracy": base})
+        rows += [{"group": g, "arm": f"{g}{x}", "backbone": "b", "repeat": r, "split": "test", "x": float(x),
+                  "balanced_accuracy": base + x / 1000} for g in ("ratio", "effort") for x in (0, 16, 64)]
+    (tmp_path / "ev").mkdir()
+    curve_table(pd.DataFrame(rows), "ratio", 0.95).to_csv(tmp_path / "ev" / "curve_synthetic.csv", index=False)
+    curve_table(pd.DataFrame(rows), "effort", 0.95).to_csv(tmp_path / "ev" / "curve_review.csv", index=False)
+    repo = Path(__file__).resolve().parents[2]
+    plots = [p for p in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"] if next(iter(p)).startswith("gain_")]
+    assert len(plots) == 2
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}).replace("${paths.evaluate}", "ev"))
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    out = subprocess.run([*dvc, "plots", "show", "--json"], cwd=tmp_path, check=True, capture_output=True, text=True)
+    import json
+
+    data = json.loads(out.stdout)["data"]
+    assert {k: len(v[0]["content"]["data"]["values"]) for k, v in data.items()} == \
+        {"gain_vs_synthetic_images": 3, "gain_vs_review_decisions": 3}
