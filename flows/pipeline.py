@@ -18,7 +18,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -42,6 +41,10 @@ def stage_is_current(stage: str) -> bool:
     out = _dvc("status", "--json", stage).stdout.strip() or "{}"  # without -d: this stage only
     return json.loads(out) == {}
 
+
+#: Where stages run (``synthloop_loop(placement=...)``): a plain ``str`` parameter checked against these, because
+#: with a ``Literal`` annotation a *deployed* run failed Prefect's parameter validation ("... is not fully defined").
+PLACEMENTS = ("local", "pools")
 
 #: Stages whose progress also becomes a Prefect progress artifact (the long ones a person waits for).
 PROGRESS_ARTIFACT_STAGES = ("dreambooth", "generate", "review")
@@ -177,12 +180,14 @@ def _report_artifact(params) -> None:
 
 @flow(name="synthloop", log_prints=True)
 def synthloop_loop(set_params: list[str] | None = None, stages: list[str] | None = None,
-                   placement: Literal["local", "pools"] = "local") -> dict[str, str]:
+                   placement: str = "local") -> dict[str, str]:
     """Run the loop in DAG order. ``set_params``: ``section.key=value`` overrides for this run only, e.g.
     ``["review.mode=reference"]`` for unattended scheduled runs: they reach the stages through ``SYNTHLOOP_SET`` and
     params.resolved.yaml (tasks/overrides.py); params.yaml is never rewritten.
     ``placement``: ``local`` runs every stage here (GPU stages queue for a slot and a device, flows/gpu.py);
     ``pools`` runs each stage but review on its work pool's worker (flows/pools.py, prefect.yaml)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     with run_overrides(set_params):
         return _loop(stages, placement)
 

@@ -203,3 +203,13 @@ def test_a_pool_stage_gets_the_loop_runs_overrides(monkeypatch: pytest.MonkeyPat
     assert pools.run_on_pool("caption") == "ran"
     assert sent == {"name": "synthloop-stage/cpu",
                     "parameters": {"stage": "caption", "set_params": ["review.mode=reference"]}}
+
+
+def test_flow_parameters_validate_as_a_deployed_run_does():
+    """A deployment's run is validated against the flow signature; an unknown placement is a clear error."""
+    from flows.pipeline import synthloop_loop
+
+    params = synthloop_loop.validate_parameters({"set_params": ["review.mode=reference"], "stages": ["phantom"]})
+    assert params["placement"] == "local"
+    with pytest.raises(ValueError, match="placement must be one of local, pools"):
+        synthloop_loop.fn(placement="cloud")
