@@ -3,7 +3,9 @@
 * FID, k-NN precision and recall (Kynkäänniemi et al., k = ``evaluate.fid.prc_neighborhood``) of every ``ok``
   generated image against the real **val** images, overall and per class, in the frozen baseline classifier's
   penultimate feature space (``tasks.evaluation.fidelity``; not comparable with Inception FIDs). Val, not train:
-  the classifier whose features are used was fitted on train.
+  the classifier whose features are used was fitted on train. Caveat: the tiny base was pretrained on trainval
+  (train + val, labels unused), so val is not unseen by the generator; evaluate's fidelity table (against the
+  test split, which no stage but evaluate reads) is the unbiased one.
 * Class fidelity per class: the share of a class's generated images that the real-trained baseline classifier
   puts in the intended class (``data/predict/predictions.csv``).
 
