@@ -42,7 +42,7 @@ from tasks.diffusion.trainer import Trainer, train_loop
 from tasks.diffusion.training import NonFiniteLoss, make_accelerator
 from tasks.io import atomic_write_csv, atomic_write_json
 from tasks.params import Params
-from tasks.sections import Dreambooth
+from tasks.sections_diffusion import Dreambooth
 from tasks.stage import cli_main
 
 log = logging.getLogger(__name__)

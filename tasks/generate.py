@@ -50,7 +50,7 @@ from tasks.generation.shards import MANIFEST_COLUMNS, _read_shard_manifests, sha
 from tasks.generation.topup import TOP_UP, extend_known_plan, shortfall, top_up_rows, verified_rows
 from tasks.io import atomic_write_csv
 from tasks.params import Params
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 from tasks.stage import StageError, cli_main
 
 log = logging.getLogger(__name__)

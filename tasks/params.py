@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 from pydantic import PrivateAttr, ValidationError, model_validator
 
-from tasks.sections import (PHANTOM_CLASSES, Baseline, Caption, Dataset, Dreambooth, Generate, Ingest, Paths, Phantom,
-                            Predict, Pretrain, Retrain, Review, Schedule, Section, check_class_names)
+from tasks.sections import (PHANTOM_CLASSES, Baseline, Caption, Dataset, Ingest, Paths, Phantom, Predict, Retrain,
+                            Review, Schedule, Section, check_class_names)
+from tasks.sections_diffusion import Dreambooth, Generate, Pretrain
 from tasks.sections_evaluate import Evaluate
 
 #: Like DVC, everything is relative to the project directory the command runs in (where dvc.yaml lives).

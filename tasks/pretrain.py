@@ -36,7 +36,7 @@ from tasks.diffusion.training import check_finite, denoising_loss, load_images, 
 from tasks.io import atomic_write_json, clean_stale_temp, save_png_atomic
 from tasks.params import Params
 from tasks.tables import read_ingest_manifest
-from tasks.sections import Pretrain
+from tasks.sections_diffusion import Pretrain
 from tasks.stage import StageError, cli_main
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 from tasks.diffusion.dreambooth_data import DreamboothError
 from tasks.diffusion.pipeline import PARTIAL_PREFIX
 from tasks.io import atomic_write_json, atomic_write_text
-from tasks.sections import Dreambooth
+from tasks.sections_diffusion import Dreambooth
 
 log = logging.getLogger(__name__)
 

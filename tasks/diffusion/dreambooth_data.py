@@ -20,7 +20,7 @@ from tasks.diffusion.colour import to_data_mode
 from tasks.diffusion.pipeline import model_hash
 from tasks.diffusion.training import load_images
 from tasks.io import atomic_write_json, save_png_atomic, sha256_file, tree_hash
-from tasks.sections import Dreambooth
+from tasks.sections_diffusion import Dreambooth
 from tasks.stage import StageError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.diffusion.pipeline import PARTIAL_PREFIX
-from tasks.sections import Dreambooth
+from tasks.sections_diffusion import Dreambooth
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from tasks.diffusion.colour import to_data_channels, to_data_mode
 from tasks.diffusion.dreambooth_data import read_caption
-from tasks.sections import Dreambooth
+from tasks.sections_diffusion import Dreambooth
 
 
 def image_flags(images: Any) -> list[str]:

@@ -15,7 +15,7 @@ from tasks.diffusion.dreambooth_data import TrainData, make_batch, step_seed
 from tasks.diffusion.previews import validation_grid, validation_prompts
 from tasks.diffusion.training import check_finite, denoising_loss
 from tasks.io import save_png_atomic
-from tasks.sections import Dreambooth
+from tasks.sections_diffusion import Dreambooth
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.generation.shards import ShardJob, _job_pipeline, generate_shard, reconcile
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 
 log = logging.getLogger(__name__)
 

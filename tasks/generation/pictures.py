@@ -13,7 +13,7 @@ import pandas as pd
 from tasks.generation.filters import quantise
 from tasks.generation.sampling import initial_latents, render_batch, slerp
 from tasks.io import save_png_atomic
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 from tasks.stage import StageError
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tasks.diffusion.prompts import PROMPT_SEPARATOR
 from tasks.params import Params
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 from tasks.stage import StageError
 
 _IMAGES = "images"

@@ -26,7 +26,7 @@ from tasks.generation.pictures import _to_pil
 from tasks.generation.plan import _IMAGES
 from tasks.generation.sampling import prepare_pipeline, render_batch
 from tasks.io import atomic_write_csv, clean_stale_temp, save_png_atomic, sha256_bytes, sha256_file
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 from tasks.stage import StageError
 
 log = logging.getLogger(__name__)

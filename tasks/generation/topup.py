@@ -22,7 +22,7 @@ from tasks.generation.filters import mark_duplicates
 from tasks.generation.plan import _IMAGES, _interleave, _recipe, derive_seed
 from tasks.generation.shards import _read_shard_manifests
 from tasks.io import sha256_file
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 
 #: Plan/manifest column: 0 for a planned image, r for one generated in top-up round r.
 TOP_UP = "top_up_round"

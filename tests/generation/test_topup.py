@@ -7,7 +7,7 @@ import pytest
 
 from tasks.generation.plan import _recipe, derive_seed
 from tasks.generation.topup import TOP_UP, shortfall, top_up_rows
-from tasks.sections import Generate
+from tasks.sections_diffusion import Generate
 
 G = Generate(num_images=6, batch_size=2, shard_size=4, top_up_rounds=2)
 
