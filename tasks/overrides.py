@@ -8,7 +8,8 @@ The values a stage runs with are ``params.yaml`` ⊕ profile ⊕ local ``set`` �
   sees what params.resolved.yaml holds.
 * ``SYNTHLOOP_SET`` (environment; a JSON list of ``section.key=value``): one run's overrides — a scheduled run's
   ``schedule.set_params``, ``synthloop run --set``. The flow exports it to its stage processes; it ends with the run.
-* ``params.resolved.yaml`` (untracked): the resolved values, rewritten by every stage entry and by the flow.
+* ``params.resolved.yaml`` (committed as params.yaml alone resolves, so a fresh clone's ``dvc repro`` finds it):
+  the resolved values, rewritten by every stage entry and by the flow.
   dvc.yaml tracks each stage's sections in it as well as in params.yaml, so DVC sees the values each stage used
   (dvc.lock records them) and an edit of either file makes the stages that read it stale.
 

@@ -114,3 +114,12 @@ def test_describe_layers_for_the_report(checkout: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(overrides.RUN_ENV, json.dumps(["review.mode=accept-confident"]))
     assert overrides.describe_layers(checkout) == ("params.yaml + kept overrides generate.num_images=12; "
                                                    "this run's overrides review.mode=accept-confident")
+
+
+def test_committed_resolved_file_is_params_yaml_alone(checkout: Path):
+    """A fresh clone's bare `dvc repro` reads params.resolved.yaml before any stage writes it, so the committed copy
+    must be exactly what params.yaml alone resolves to (regenerate: `synthloop params --profile none --clear`)."""
+    overrides.record_resolved(checkout / "params.yaml")
+    expected = (checkout / overrides.RESOLVED_FILE).read_text(encoding="utf-8")
+    assert (REPO / overrides.RESOLVED_FILE).read_text(encoding="utf-8") == expected, (
+        "params.resolved.yaml is stale: run `synthloop params --profile none --clear` and commit it")
