@@ -33,6 +33,8 @@ from tasks.evaluation.plan import Job, effort_pool, effort_steps, plan_jobs, tra
 from tasks.evaluation.runner import metric_names, run_jobs
 from tasks.evaluation.sets import eval_set, score
 from tasks.evaluation.source import review_source
+from tasks.overrides import describe_layers
+from tasks.stage import device_tags
 from tasks.evaluation.answer import INTENDED, PSEUDO, REVIEWED
 from tasks.evaluation.stats import REFERENCE, arm_slug, paired_differences, review_cost, summarise, versus
 from tasks.io import atomic_write_csv, atomic_write_json
@@ -128,6 +130,13 @@ def _log_report(folder: Path) -> None:
         mlflow.log_artifacts(str(folder), "reports")
 
 
+
+def _device_words() -> str:
+    """Where this evaluation trained, for the report header: the CUDA device, or the CPU fallback said plainly."""
+    device = device_tags()["synthloop.device"]
+    return device if device != "cpu" else "CPU (no CUDA device visible: the CPU fallback)"
+
+
 def run(params: Params, *, test: Path, trainval: Path, caption: Path, generated: Path, review: Path,
         queue: Path | None = None, baseline: Path, retrain: Path, predict: Path, out_dir: Path) -> EvaluateOutputs:
     """Train and score every arm × repeat (and the curves) on the held-out test set; write results, summary,
@@ -166,6 +175,7 @@ def run(params: Params, *, test: Path, trainval: Path, caption: Path, generated:
                          **{name: np.asarray(classes)[p.argmax(1)] for name, p in stage_proba.items()}})
     atomic_write_csv(out_dir / "test_predictions.csv", pred)
     summary_obj = {"headline": headline, "review_source": source, "backbone": e.backbones[0],
+                   "params_layers": describe_layers(), "device": _device_words(),
                    "arms_run": list(e.arms), "repeats": e.repeats, "curve_repeats": e.curve_repeats,
                    "confidence": e.confidence, "ordered": params.ordered, "metrics": list(metric_names(params)),
                    "arms": summary.to_dict("records"), "paired": diffs.to_dict("records"),

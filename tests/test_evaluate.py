@@ -97,6 +97,9 @@ def test_every_arm_trains_and_scores_and_the_report_names_the_simulated_review(p
     assert effort["n_decisions"].tolist() == [0, 12] and {"gain_mean", "gain_low", "gain_high"} <= set(effort)
     md = out.report_md.read_text()
     assert "simulated" in "\n".join(md.splitlines()[:15]) and "— recommendation:" in md
+    # The run's params layers (#15) and the device, with the CPU fallback said in words (#16), on the first screen.
+    assert "Run: params.yaml" in "\n".join(md.splitlines()[:15])
+    assert "trained on CPU (no CUDA device visible: the CPU fallback)" in md or "trained on cuda:" in md
     assert EXTRACTOR_NAME in md and "not comparable with published FID" in md
     html = out.report_html.read_text()
     assert html.count("data:image/png;base64,") == 6 and "figures/" not in html

@@ -161,6 +161,8 @@ def build_blocks(summary: dict[str, Any], figures: list[tuple[str, bytes, str]])
     blocks: list[Block] = [
         ("h1", "synthloop report: did synthetic data help, and was the review worth it?"),
         ("p", f"Who reviewed: {summary['review_source']['text']}."),
+        ("p", f"Run: {summary.get('params_layers', 'params.yaml')}; trained on "
+              f"{summary.get('device', 'an unrecorded device')}."),
         ("p", answer.recommendation(summary)),
         ("p", f"Data: {summary['n_train_real']} real train, {summary['n_val']} real val (early stopping only), "
               f"{summary['n_test']} real test images (read by this stage only). Synthetic pools: "
