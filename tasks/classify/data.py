@@ -15,6 +15,15 @@ from tasks.sections import Augment
 from tasks.stage import StageError
 
 
+def image_tensor(im: Image.Image, mode: str, size: int, channels: int) -> torch.Tensor:
+    """One picture as the classifier's uint8 ``(channels, size, size)`` tensor (converted, resized bilinearly)."""
+    im = im.convert(mode)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.reshape(size, size, channels).copy()).permute(2, 0, 1)
+
+
 def load_images(paths: Sequence[str], channels: int, size: int,
                 cache: dict[tuple[str, int, int], torch.Tensor] | None = None) -> torch.Tensor:
     """Decode images to a uint8 tensor N×C×size×size (grayscale 'L' or 'RGB'; resized if another size).
@@ -32,13 +41,9 @@ def load_images(paths: Sequence[str], channels: int, size: int,
             continue
         try:
             with Image.open(p) as im:
-                im = im.convert(mode)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                out[i] = image_tensor(im, mode, size, channels)
         except (OSError, ValueError) as err:
             raise StageError(f"cannot read image {p}: {err}") from err
-        out[i] = torch.from_numpy(arr.reshape(size, size, channels).copy()).permute(2, 0, 1)
         if cache is not None:
             cache[key] = out[i].clone()
     return out

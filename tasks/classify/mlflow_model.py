@@ -27,9 +27,10 @@ def decode_images(values: Any, channels: int, size: int):
     """Encoded images (bytes, or base64 text) → uint8 tensor N×C×size×size, as the stages load them."""
     import base64
 
-    import numpy as np
     import torch
     from PIL import Image
+
+    from tasks.classify.data import image_tensor
 
     mode = "L" if channels == 1 else "RGB"
     out = torch.empty((len(values), channels, size, size), dtype=torch.uint8)
@@ -37,13 +38,9 @@ def decode_images(values: Any, channels: int, size: int):
         raw = base64.b64decode(value) if isinstance(value, str) else bytes(value)
         try:
             with Image.open(io.BytesIO(raw)) as im:
-                im = im.convert(mode)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                out[i] = image_tensor(im, mode, size, channels)
         except (OSError, ValueError) as err:
             raise ValueError(f"row {i} of column {IMAGE_COLUMN!r} is not a readable image: {err}") from err
-        out[i] = torch.from_numpy(arr.reshape(size, size, channels).copy()).permute(2, 0, 1)
     return out
 
 
