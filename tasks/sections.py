@@ -39,7 +39,7 @@ class Paths(Section):
         return Paths(**{k: (v if v.is_absolute() else root / v) for k, v in self.__dict__.items()})
 
 
-#: The demo's class names (low → high hip angle) when ``dataset.classes`` is null and the source is the phantom.
+#: The phantom demo's class names (low → high angle) when ``dataset.classes`` is null and the source is the phantom.
 PHANTOM_CLASSES: tuple[str, ...] = ("small", "big")
 
 
@@ -76,7 +76,7 @@ def check_class_names(classes: tuple[str, ...], where: str) -> None:
 
 
 class Phantom(Section):
-    """Procedural hip-phantom X-rays: the embedded demo (``dataset.source: phantom``), labels known by construction.
+    """The embedded phantom demo (procedural X-ray-like images, tasks/phantom.py) (``dataset.source: phantom``), labels known by construction.
 
     Its class names are ``dataset.classes``; ``thresholds`` holds one cut point between each two of them (checked
     in ``Params``, which sees both sections).
@@ -129,7 +129,7 @@ class Ingest(Section):
 
 class Caption(Section):
     template: str = "photo of a {thing}, {label}"
-    thing: str = "hip xray"
+    thing: str = "image"  # what the images show, e.g. "teat end" (the phantom demo sets its own in params.yaml)
     instance_token: str = "zwx"
     #: prompts.json also gets a negative prompt per class: the other classes' instance prompts. Generation and the
     #: DreamBooth validation grid then guide each image *away from the other classes* instead of away from the
@@ -154,9 +154,10 @@ VIT_PATCH, WEIGHT_SUFFIXES = 16, (".safetensors", ".pt", ".pth")
 
 
 class Augment(Section):
-    """Training-time augmentation. Rotations stay small: a large one changes the measured hip angle."""
+    """Training-time augmentation. Keep each transform label-preserving for your data: e.g. for classes defined by an
+    angle, large rotations change the label."""
 
-    hflip: bool = True  # left/right hip symmetry: a mirrored hip X-ray has the same label
+    hflip: bool = True  # only if a mirrored image keeps its label (true for the phantom demo)
     max_rotation: float = Field(3.0, ge=0, le=10)
     translate: float = Field(0.05, ge=0, le=0.3)
     scale: tuple[float, float] = (0.95, 1.05)
