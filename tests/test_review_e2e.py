@@ -186,8 +186,11 @@ def test_review_stage_that_fails_outright_stops_the_flow_with_its_exit_status(mo
     monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("test"))
     monkeypatch.setattr(pipeline, "stage_is_current", lambda stage: False)
     failed = "ERROR: failed to reproduce 'review': {} exited with {}"
-    monkeypatch.setattr(pipeline, "_run_streaming", lambda cmd: (1, failed.format("python -m tasks.review", 1)))
+    monkeypatch.setattr(pipeline, "create_progress_artifact", lambda *a, **k: None)  # no flow run to attach to
+    monkeypatch.setattr(pipeline, "_run_streaming",
+                        lambda cmd, env=None, on_line=None: (1, failed.format("python -m tasks.review", 1)))
     with pytest.raises(RuntimeError, match=r"stage 'review' failed \(exit 1\)"):
         pipeline.run_stage.fn("review")
-    monkeypatch.setattr(pipeline, "_run_streaming", lambda cmd: (1, failed.format("python -m tasks.review", 3)))
+    monkeypatch.setattr(pipeline, "_run_streaming",
+                        lambda cmd, env=None, on_line=None: (1, failed.format("python -m tasks.review", 3)))
     assert pipeline.run_stage.fn("review").name == "WaitingForReview"

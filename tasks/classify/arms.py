@@ -137,7 +137,7 @@ def train_arm(params: Params, real_train: pd.DataFrame, val: pd.DataFrame, synth
         mixed = pd.concat([real_train, synth[real_train.columns.intersection(synth.columns)]], ignore_index=True)
         return train_classifier(cfg, mixed, val, metric_prefix=metric_prefix, **common)
     pre = train_classifier(cfg, synth, val, epochs=params.retrain.pretrain_epochs,
-                           metric_prefix=f"{metric_prefix}pretrain_", **common)
+                           metric_prefix=f"{metric_prefix}pretrain_", missing_classes_ok=True, **common)
     result = train_classifier(cfg, real_train, val, init_state=pre.model.state_dict(),
                               metric_prefix=metric_prefix, **common)
     result.meta.update(pretrained_on_synthetic=len(synth), n_train_synthetic=len(synth))

@@ -60,12 +60,19 @@ class WeightedLoss(nn.Module):
         return (w * loss).sum() / w.sum().clamp_min(1e-12)
 
 
-def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
-    """'balanced' weights n / (k · count_c); a class with no training image is an error, not a silent 0."""
+def class_weights(labels: np.ndarray, n_classes: int, *, missing_ok: bool = False) -> torch.Tensor:
+    """'balanced' weights n / (k · count_c); a class with no training image is an error, not a silent 0 —
+    unless ``missing_ok`` (pretraining on a synthetic set the review emptied of a class: that class gets weight 0,
+    which no target ever uses, and the fine-tuning on real images still sees every class)."""
     counts = np.bincount(labels, minlength=n_classes)
-    if (counts == 0).any():
-        raise StageError(f"classes without training images (indices {np.flatnonzero(counts == 0).tolist()})")
-    return torch.tensor(len(labels) / (n_classes * counts), dtype=torch.float32)
+    missing = np.flatnonzero(counts == 0).tolist()
+    if missing and not missing_ok:
+        raise StageError(f"classes without training images (indices {missing})")
+    if missing:
+        log.warning("training set has no images of class indices %s; their loss weight is 0", missing)
+    present = np.maximum(counts, 1)
+    return torch.tensor(np.where(counts > 0, len(labels) / ((n_classes - len(missing)) * present), 0.0),
+                        dtype=torch.float32)
 
 
 @contextlib.contextmanager
@@ -214,12 +221,13 @@ def _validate(model, images, labels, loss_fn, batch_size, device) -> dict[str, f
 def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, classes: Sequence[str],
                      channels: int, image_size: int, seed: int, epochs: int | None = None,
                      init_state: dict[str, torch.Tensor] | None = None, metric_prefix: str = "",
-                     image_cache: dict | None = None) -> TrainResult:
+                     image_cache: dict | None = None, missing_classes_ok: bool = False) -> TrainResult:
     """Train one classifier on ``train`` (``path,label[,weight]``); early stopping and best epoch on ``val`` only.
 
     Deterministic on CPU for a seed (same data → identical weights). Per-epoch train/val loss and accuracy go to
     the history and to the active MLflow run (``step=epoch``). ``image_cache``: decoded images shared between
-    trainings on the same files (``load_images``).
+    trainings on the same files (``load_images``). ``missing_classes_ok``: a class with no training image is
+    allowed (pretraining on synthetic images only); otherwise it is an error.
     """
     classes = list(classes)
     epochs = epochs or cfg.epochs
@@ -231,7 +239,7 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
         if init_state is not None:
             model.load_state_dict(init_state)
         model.to(device)
-        cw = class_weights(y_tr.numpy(), len(classes)) if cfg.class_weights == "balanced" else None
+        cw = class_weights(y_tr.numpy(), len(classes), missing_ok=missing_classes_ok) if cfg.class_weights == "balanced" else None
         gamma = cfg.focal_gamma if cfg.loss == "focal" else 0.0
         loss_fn = WeightedLoss(gamma, cw).to(device)
         opt, amp_dtype = _optimizer(cfg, model), _autocast_dtype(cfg.precision, device)

@@ -82,3 +82,17 @@ def test_train_arm_pretrain_then_finetune(params, tmp_path):
                                                                                "pretrain_epochs": 1})})
     res = train_arm(p, train, val, syn)
     assert res.meta["pretrained_on_synthetic"] == 4 and res.meta["n_train"] == len(train)
+
+
+def test_train_arm_pretrains_on_a_synthetic_set_the_review_emptied_of_a_class(params, tmp_path):
+    """The review may reject every synthetic image of a class: pretraining still runs, fine-tuning sees all."""
+    train, val = _tables(tmp_path)
+    one_class = train[train["label"] == train["label"].iloc[0]].assign(source="synthetic").iloc[:3]
+    p = params.model_copy(update={"baseline": params.baseline.model_copy(update={"epochs": 1}),
+                                  "retrain": params.retrain.model_copy(update={"pretrain_on_synthetic": True,
+                                                                               "pretrain_epochs": 1})})
+    res = train_arm(p, train, val, one_class)
+    assert res.meta["pretrained_on_synthetic"] == 3
+    with pytest.raises(StageError, match="without training images"):
+        train_arm(p.model_copy(update={"retrain": p.retrain.model_copy(update={"pretrain_on_synthetic": False})}),
+                  train.iloc[:0], val, one_class)

@@ -41,6 +41,10 @@ def test_class_weights_balanced_and_missing_class_is_an_error():
         class_weights(np.array([0, 0]), 2)
 
 
+def test_class_weights_missing_ok_gives_the_absent_class_weight_zero_and_balances_the_rest():
+    assert class_weights(np.array([0, 0, 2]), 3, missing_ok=True).tolist() == pytest.approx([0.75, 0.0, 1.5])
+
+
 def _tables(tmp_path: Path):
     cap = make_caption(tmp_path / "caption", n_train=8, n_val=8)
     return read_imagefolder(cap / "train", ("small", "big")), read_imagefolder(cap / "val", ("small", "big"))
