@@ -1,8 +1,8 @@
 """The scheduled deployment of the loop: ``synthloop serve`` (``flow.serve``) and prefect.yaml (work pools).
 
 Both take name, cron and parameters from ``params.schedule``; a scheduled run applies
-``schedule.set_params`` (by default ``review.mode=reference``, since nobody reviews at 2 a.m.; set it to ``[]``
-and the run pauses at the checkpoint for a person).
+``schedule.set_params`` (empty by default: the run keeps ``review.mode`` — the demo's simulated reviewer, or with
+``manual`` a pause at the checkpoint for a person; ``["review.mode=accept-confident"]`` reviews nobody).
 """
 
 from __future__ import annotations

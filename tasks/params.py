@@ -75,6 +75,10 @@ class Params(Section):
             if len(self.phantom.thresholds) != n - 1:
                 raise ValueError(f"phantom.thresholds needs len(dataset.classes)-1 = {n - 1} cut points, "
                                  f"got {len(self.phantom.thresholds)}")
+        elif any(o.replace(" ", "") == "review.mode=reference" for o in self.schedule.set_params):
+            raise ValueError("schedule.set_params sets review.mode=reference, the simulated reviewer of the phantom "
+                             "demo; with dataset.source folder a scheduled run has no reference labeler: use [] "
+                             "(the run pauses for a person) or review.mode=accept-confident")
         elif self.review.mode == "reference":
             raise ValueError("review.mode reference is the simulated reviewer of the phantom demo; with "
                              "dataset.source folder there is no reference labeler for your images: set review.mode "

@@ -299,8 +299,9 @@ class Schedule(Section):
     name: str = "nightly"
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
-    #: Overrides for unattended runs: nobody is there to review at 2 a.m. unless you say so.
-    set_params: tuple[str, ...] = ("review.mode=reference",)
+    #: Overrides for unattended runs (``section.key=value``). Empty by default: a scheduled run with your own data
+    #: pauses at the review checkpoint for a person. The demo's params.yaml sets ``review.mode=reference``.
+    set_params: tuple[str, ...] = ()
 
     @field_validator("cron")
     @classmethod

@@ -30,7 +30,8 @@ def test_served_deployment_registers_schedule_and_runs(tmp_path: Path, prefect_s
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    project = make_project(tmp_path / "proj", overrides={"review": {"mode": "manual"}})
+    project = make_project(tmp_path / "proj", overrides={"review": {"mode": "manual"},
+                                                             "schedule": {"set_params": ["review.mode=reference"]}})
     env = {**env_for(project), "PREFECT_API_URL": prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], cwd=project, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
