@@ -25,6 +25,7 @@ from prefect.states import Completed
 
 from flows.gpu import ensure_gpu_limit, stage_placement, visible_devices
 from flows.pools import run_on_pool
+from tasks.intake.walk import dvc_preflight
 from tasks.overrides import record_resolved, run_overrides
 from tasks.params import STAGES, load_params
 from tasks.progress import PROGRESS_LINE
@@ -200,6 +201,8 @@ def _loop(stages: list[str] | None, placement: str) -> dict[str, str]:
 
     params = record_resolved()
     selected = [s for s in STAGES if not stages or s in stages]
+    if "ingest" in selected:
+        dvc_preflight(params.paths.raw)  # before any `dvc status`: DVC hangs on a FIFO in ingest's input folder
     devices = visible_devices()
     if devices:
         slots = ensure_gpu_limit(len(devices))

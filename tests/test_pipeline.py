@@ -29,6 +29,30 @@ def test_dvc_repro_foundation_then_noop(project: Path):
     assert json.loads(dvc(project, "status", "--json", *FOUNDATION).stdout or "{}") == {}
 
 
+@pytest.mark.timeout(300)
+def test_flow_refuses_a_data_folder_dvc_would_hang_on_before_any_dvc_command(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """A named pipe in paths.raw makes `dvc status`/`dvc repro` block forever: the flow stops first, naming it."""
+    import os
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import synthloop_loop
+    from tasks.stage import StageError
+
+    project = make_project(tmp_path / "proj", overrides={"dataset": {"source": "folder"},
+                                                         "review": {"mode": "manual"}, "paths": {"raw": "mine"}})
+    (project / "mine" / "a").mkdir(parents=True)
+    (project / "mine" / "a" / "x.png").write_bytes(b"x")
+    os.mkfifo(project / "mine" / "a" / "pipe.png")
+    monkeypatch.chdir(project)
+    for key, value in env_for(project).items():
+        monkeypatch.setenv(key, value)
+    with prefect_test_harness(), pytest.raises(StageError, match=r"a/pipe\.png: named pipe"):
+        synthloop_loop(stages=["ingest"])
+    assert not (project / "data" / "ingest").exists()
+
+
 def test_prefect_flow_runs_stages_and_leaves_dvc_clean(project: Path, monkeypatch: pytest.MonkeyPatch):
     from prefect.testing.utilities import prefect_test_harness
 

@@ -217,6 +217,24 @@ def dvc_hazards(root: Path) -> list[Entry]:
     return found
 
 
+def dvc_preflight(root: Path, limit: int = 10) -> None:
+    """Before any ``dvc`` command touches ``root`` (``dvc status``/``repro`` hash ``paths.raw`` as ingest's
+    dependency): refuse, naming the entries, instead of letting DVC hang on a FIFO or stop without a file name."""
+    root = Path(root)
+    if not root.is_dir():
+        return  # ingest itself says that paths.raw is missing
+    hazards = dvc_hazards(root)
+    if not hazards:
+        return
+    listed = "; ".join(f"{shown(e.rel)}: {e.problem}" for e in hazards[:limit])
+    more = f"; and {len(hazards) - limit} more" if len(hazards) > limit else ""
+    from tasks.stage import StageError
+
+    raise StageError(f"{root} holds {len(hazards)} entr{'y' if len(hazards) == 1 else 'ies'} that DVC cannot hash "
+                     f"(`dvc repro` would hang or stop before ingest runs): {listed}{more}. Move them out of the "
+                     f"folder and run again; nothing was changed (`python -m tasks.intake.walk {root}` lists them)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m tasks.intake.walk FOLDER``: log the DVC hazards of FOLDER; exit status 1 when there are any."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")

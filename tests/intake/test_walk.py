@@ -120,6 +120,23 @@ def test_dvc_hazards_lists_what_dvc_hashing_cannot_take_hidden_folders_included(
     }
 
 
+@pytest.mark.timeout(30)
+def test_dvc_preflight_refuses_a_folder_dvc_would_hang_on_naming_each_entry(tmp_path: Path) -> None:
+    from tasks.stage import StageError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "ok.png").write_bytes(b"x")
+    walk.dvc_preflight(tmp_path)  # nothing DVC cannot hash: no error
+    walk.dvc_preflight(tmp_path / "not-made-yet")  # ingest itself reports a missing folder
+    for i in range(12):
+        os.mkfifo(tmp_path / "a" / f"pipe{i:02d}.png")
+    with pytest.raises(StageError, match=r"holds 12 entries that DVC cannot hash") as err:
+        walk.dvc_preflight(tmp_path)
+    text = str(err.value)
+    assert "a/pipe00.png: named pipe" in text and "and 2 more" in text and "pipe11" not in text
+    assert "\n" not in text and (tmp_path / "a" / "pipe00.png").exists(), "one line; nothing moved or deleted"
+
+
 def test_walk_cli_exit_status_says_whether_dvc_can_hash(tmp_path: Path) -> None:
     (tmp_path / "ok.png").write_bytes(b"x")
     assert walk.main([str(tmp_path)]) == 0
