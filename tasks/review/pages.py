@@ -17,8 +17,9 @@ from typing import Any
 from tasks.review.store import Conflict, ReviewError, ReviewStore
 from tasks.tables import REJECT
 
-#: Status filters the page offers ("decided" = any decision).
-STATUSES = ("", "waiting", "decided", "accept", "correct", "reject")
+#: Status filters the page offers ("decided" = any decision; "owed" = what a person still owes: an in-budget
+#: decision, or an overlap item's second read / adjudication — less those ``reader`` already read).
+STATUSES = ("", "waiting", "owed", "decided", "accept", "correct", "reject")
 DEFAULT_LIMIT = 48
 MAX_LIMIT = 500
 #: Letters that are commands, never class keys: B blind, G grid, U undo, X reject.
@@ -41,6 +42,7 @@ class ItemQuery:
     after: int | None = None
     before: int | None = None
     limit: int = DEFAULT_LIMIT
+    reader: str = ""  # with status "owed": leave out overlap items this person already read
 
 
 def parse_query(args: Mapping[str, str], classes: Sequence[str]) -> ItemQuery:
@@ -68,7 +70,8 @@ def parse_query(args: Mapping[str, str], classes: Sequence[str]) -> ItemQuery:
         raise ReviewError("give after or before, not both")
     limit = number("limit", int, 0, MAX_LIMIT)
     return ItemQuery(status=status, cls=cls, min_confidence=number("min_confidence", float, 0.0, 1.0),
-                     after=after, before=before, limit=DEFAULT_LIMIT if limit is None else limit)
+                     after=after, before=before, limit=DEFAULT_LIMIT if limit is None else limit,
+                     reader=args.get("reader", "").strip())
 
 
 def _status(store: ReviewStore, file_name: str) -> str:
@@ -84,6 +87,9 @@ def _matches(store: ReviewStore, file_name: str, q: ItemQuery) -> bool:
         return False
     if not q.status:
         return True
+    if q.status == "owed":
+        needs = store.needs(file_name)
+        return bool(needs) and not (needs != "decision" and q.reader in store.reads.get(file_name, {}))
     status = _status(store, file_name)
     return status != "waiting" if q.status == "decided" else status == q.status
 

@@ -184,3 +184,37 @@ def test_grid_accepts_relabels_and_undoes_a_selection_with_the_keyboard(tmp_path
     assert all(e["context"] == {"blind": False, "view": "grid"} for e in audit[6:])
     corrections = decisions(params.paths.review / "corrections.csv")
     assert len(corrections) == 48 and set(corrections["decision"]) == {"accept"}
+
+
+def test_blind_second_reader_does_not_see_the_first_readers_label(tmp_path, browser_page):
+    """An overlap item ann decided owes bob an independent read: in blind mode he sees neither the intended class
+    and prediction nor ann's label and name until he has decided; the page takes him to it after a decision."""
+    from playwright.sync_api import expect
+    from review_fixtures import open_review_store
+
+    params = make_params(tmp_path, {"review": {"mode": "manual", "blind": True, "overlap_share": 1.0,
+                                               "audit_share": 0.0}})
+    write_review_inputs(params)
+    store = open_review_store(params)
+    first, second = store.required_waiting()[:2]
+    store.decide(first, "small", version=0, reviewer="ann")
+    page = browser_page
+    with BackgroundServer(params, port=0) as server:
+        page.goto(server.url)
+        page.fill("#reviewer-input", "bob")
+        page.click("#reviewer-save")
+        page.select_option("#filter-status", "owed")  # what bob owes: ann's item first, in queue order
+        expect(page.locator("#file-name")).to_have_text(first.split("/")[-1])
+        expect(page.locator("#status")).to_have_text("needs your second-read")
+        for field in ("#intended", "#predicted", "#confidence", "#final-label", "#decided-by"):
+            expect(page.locator(field)).to_have_text("hidden (blind)")
+        assert "small" not in page.locator("#single").inner_text().replace(first.split("/")[-1], "")
+        page.keyboard.press("2")  # bob reads it as big
+        expect(page.locator("#file-name")).to_have_text(second.split("/")[-1])  # the next item he owes
+        page.select_option("#filter-status", "")
+        expect(page.locator("#file-name")).to_have_text(first)  # read by bob now: the labels show
+        expect(page.locator("#decided-by")).to_have_text("bob")
+        expect(page.locator("#intended")).not_to_have_text("hidden (blind)")
+    audit = read_audit(params.paths.review / "audit.jsonl")
+    assert [(e["reviewer"], e["new"]["final_label"], e.get("context")) for e in audit] == [
+        ("ann", "small", None), ("bob", "big", {"blind": True, "view": "single"})]

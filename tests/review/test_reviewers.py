@@ -82,6 +82,19 @@ def overlap(tmp_path):
     return p
 
 
+def test_owed_filter_gives_each_reader_the_overlap_items_they_have_not_read(overlap):
+    """status=owed&reader=X: in-budget decisions plus overlap items X has not read; a second reader finds them."""
+    from tasks.review.pages import ItemQuery, item_page, parse_query
+
+    store = open_review_store(overlap)
+    f = store.required_waiting()[0]
+    store.decide(f, "small", version=0, reviewer="ann")
+    owed = lambda reader: [it["file_name"] for it in item_page(store, ItemQuery(status="owed", reader=reader))["items"]]
+    assert f in owed("bob") and f not in owed("ann") and len(owed("ann")) == len(store.items) - 1
+    assert [it["file_name"] for it in item_page(store, ItemQuery(status="waiting"))["items"]] == owed("ann")
+    assert parse_query({"status": "owed", "reader": " bob "}, store.classes) == ItemQuery(status="owed", reader="bob")
+
+
 def test_overlap_item_waits_for_a_second_reader_then_an_adjudicator(overlap):
     store = open_review_store(overlap)
     f = store.required_waiting()[0]

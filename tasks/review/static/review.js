@@ -29,6 +29,7 @@ async function post(path, body) {
 
 function filterArgs(extra) {
   const args = { status: $("filter-status").value, cls: $("filter-class").value, limit: PAGE, ...extra };
+  if (args.status === "owed") args.reader = state.reviewer;
   return new URLSearchParams(Object.entries(args).filter(([, v]) => v !== "" && v !== undefined));
 }
 
@@ -54,7 +55,13 @@ async function loadPage(cursor, pick) {
 
 function current() { return state.view[state.idx]; }
 function imageUrl(it) { return "/image/" + it.file_name.split("/").map(encodeURIComponent).join("/"); }
-function hidden(it) { return state.blind && it.status === "waiting"; }
+// An overlap item someone else decided still owes this person an independent read (second read, adjudication).
+function owesMyRead(it) {
+  return (it.needs === "second-read" || it.needs === "adjudication") && !(it.readers || []).includes(state.reviewer);
+}
+// Blind: nothing that could anchor the person shows until they decided — intended class, prediction, and for an
+// overlap item the first reader's label and name.
+function hidden(it) { return state.blind && (it.status === "waiting" || owesMyRead(it)); }
 
 function render() {
   const p = state.progress;
@@ -87,6 +94,12 @@ function renderSingle() {
     $("predicted").textContent = it.pred_label;
     $("confidence").textContent = Number(it.confidence).toFixed(3);
   }
+  if (hidden(it) && it.status !== "waiting") {  // another reader's decision: hidden until this person decides
+    $("status").textContent = `needs your ${it.needs}`;
+    $("status").className = "status-waiting";
+    ["final-label", "decided-by"].forEach((f) => { $(f).textContent = "hidden (blind)"; $(f).className = "hidden"; });
+    return;
+  }
   $("status").textContent = it.status;
   $("status").className = "status-" + it.status;
   $("final-label").textContent = it.status === "waiting" ? "" : (it.final_label || "(rejected)");
@@ -104,9 +117,9 @@ function renderGrid() {
     img.src = imageUrl(it);
     img.alt = hidden(it) ? it.file_name.split("/").pop() : it.file_name;
     const cap = document.createElement("figcaption");
-    cap.className = "status-" + it.status;
+    cap.className = "status-" + (hidden(it) ? "waiting" : it.status);
     const label = hidden(it) ? "?" : `${it.intended_label} → ${it.pred_label}`;
-    cap.textContent = it.status === "waiting" ? label : `${label} · ${it.final_label || "rejected"}`;
+    cap.textContent = it.status === "waiting" || hidden(it) ? label : `${label} · ${it.final_label || "rejected"}`;
     fig.append(img, cap);
     fig.addEventListener("click", () => { state.idx = i; toggleSelected(it); });
     grid.appendChild(fig);
@@ -135,15 +148,21 @@ function replaceItem(item) {
 }
 
 // After a decision: the next waiting item (in this page, else the server's next one after it, wrapping around).
+// Owed first (in-budget decisions, and overlap items this person has not read yet), then any undecided item.
+function isNext(it) { return it.needs === "decision" || owesMyRead(it); }
 async function nextWaiting() {
   for (let j = state.idx + 1; j < state.view.length; j++) {
-    if (state.view[j].status === "waiting") { state.idx = j; render(); return; }
+    if (isNext(state.view[j])) { state.idx = j; render(); return; }
   }
   const st = $("filter-status").value;
-  if (st !== "" && st !== "waiting") { await move(1); return; }
+  if (st !== "" && st !== "waiting" && st !== "owed") { await move(1); return; }
   const from = current() ? current().position : -1;
-  let next = (await fetchItems({ status: "waiting", after: from, limit: 1 })).items[0];
-  if (!next) next = (await fetchItems({ status: "waiting", limit: 1 })).items[0];
+  const owed = { status: "owed", reader: state.reviewer, limit: 1 };
+  let next = (await fetchItems({ ...owed, after: from })).items[0] || (await fetchItems(owed)).items[0];
+  if (!next && st !== "owed") {
+    next = (await fetchItems({ status: "waiting", after: from, limit: 1 })).items[0]
+      || (await fetchItems({ status: "waiting", limit: 1 })).items[0];
+  }
   if (!next) { await loadPage({ after: state.view.length ? state.view[0].position - 1 : -1 }, state.idx); return; }
   const here = state.view.findIndex((it) => it.file_name === next.file_name);
   if (here >= 0 && st === "") { state.idx = here; render(); return; }
