@@ -61,15 +61,22 @@ def item_versions(entries: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 def seconds_per_item(entries: Iterable[dict[str, Any]]) -> float | None:
-    """Median seconds between consecutive saved decisions of each person (automatic reviewers excluded).
+    """Median seconds a person spent per item: in the app, the gaps between consecutive saved decisions of each
+    person (automatic reviewers excluded); from Label Studio, each applied annotation's own ``lead_time``.
 
-    Gaps over ``MAX_ITEM_SECONDS`` are breaks and are dropped; None when there is no gap to measure.
+    Gaps (and lead times) over ``MAX_ITEM_SECONDS`` are breaks and are dropped; None when there is nothing to measure.
     """
     times: dict[str, list[datetime]] = {}
-    for e in entries:
-        if e.get("outcome") == "saved" and e.get("source") == "app" and e.get("action") == "decide":
-            times.setdefault(e["reviewer"], []).append(datetime.fromisoformat(e["time"].replace("Z", "+00:00")))
     gaps = []
+    for e in entries:
+        if e.get("outcome") != "saved":
+            continue
+        if e.get("source") == "app" and e.get("action") == "decide":
+            times.setdefault(e["reviewer"], []).append(datetime.fromisoformat(e["time"].replace("Z", "+00:00")))
+        elif e.get("source") == "labelstudio":
+            lead = ((e.get("context") or {}).get("annotation") or {}).get("lead_time")
+            if isinstance(lead, (int, float)) and not isinstance(lead, bool) and lead >= 0:
+                gaps.append(float(lead))
     for stamps in times.values():
         stamps.sort()
         gaps += [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]

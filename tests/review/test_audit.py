@@ -22,6 +22,16 @@ def test_seconds_per_item_median_of_gaps_without_breaks_or_automatic_reviewers()
     assert seconds_per_item([e(0)]) is None
 
 
+def test_seconds_per_item_counts_label_studio_lead_times():
+    """An item labelled in Label Studio has no app timestamps to difference: its annotation's lead_time counts."""
+    def ls(lead, outcome="saved"):
+        return {"outcome": outcome, "source": "labelstudio", "action": "import", "reviewer": "ann",
+                "time": "2024-01-01T00:00:00Z", "context": {"key": "k", "annotation": {"lead_time": lead}}}
+
+    assert seconds_per_item([ls(4.0), ls(6.0), ls(2.0)]) == 4.0
+    assert seconds_per_item([ls(5.0), ls(99.0, outcome="conflict"), ls(None), ls("7"), ls(10_000.0)]) == 5.0
+
+
 
 
 def test_torn_audit_line_is_skipped_and_next_append_starts_a_new_line(manual):
