@@ -71,6 +71,7 @@ def test_changed_generate_param_reruns_generate_and_downstream_only_via_prefect(
 def test_changed_generate_param_reruns_generate_and_downstream_only_via_dvc(project: Path):
     from tasks.params import apply_overrides
 
+    # Not `dvc repro --dry`: it cannot know generate's outputs will change, so it lists generate alone.
     apply_overrides(project / "params.yaml", ["generate.guidance_scale=6.0"])
     out = dvc(project, "repro").stdout
     ran = [s for s in STAGES if f"Running stage '{s}'" in out]
@@ -84,7 +85,8 @@ def test_killed_flow_mid_generate_resumes(project: Path):
 
     apply_overrides(project / "params.yaml", ["generate.num_images=40", "generate.shard_size=4"])
     images = project / "data" / "generate" / "images"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=project, env=env_for(project),
+    upto = ["--stages", *STAGES[:STAGES.index("generate") + 1]]  # the downstream re-run is tested above
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *upto], cwd=project, env=env_for(project),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     baseline_count = _count_pngs(images)
@@ -95,12 +97,12 @@ def test_killed_flow_mid_generate_resumes(project: Path):
     assert proc.poll() is None, "the flow finished before it could be killed; raise generate.num_images"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    run_loop(project)
+    run_loop(project, *upto)
     manifest = (project / "data" / "generate" / "manifest.csv").read_text().splitlines()
     assert len(manifest) - 1 == 40
     assert _count_pngs(images) == 40
     assert not list((project / "data" / "generate").rglob(".synthloop-tmp-*")), "no partial files survive"
-    assert json.loads(dvc(project, "status", "--json").stdout or "{}") == {}
+    assert json.loads(dvc(project, "status", "--json", *upto[1:]).stdout or "{}") == {}
 
 
 def _count_pngs(folder: Path) -> int:
