@@ -74,3 +74,16 @@ def draw_xrays(params) -> None:
         img.filter(ImageFilter.GaussianBlur(2)).save(generated / name)
     manifest["sha256"] = [sha256_file(generated / f) for f in manifest["file_name"]]
     manifest.to_csv(generated / "manifest.csv", index=False)
+
+
+def wait_until(page, expression: str, timeout_s: float = 15.0) -> None:
+    """Poll ``expression`` in the page until it is truthy. Not ``page.wait_for_function``: its in-page polling
+    evaluates the string with ``eval``, which the review page's CSP (script-src 'self') rightly refuses whenever
+    the condition is not already true at the first check. ``page.evaluate`` runs over the DevTools protocol."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout_s} s: {expression}")
+        time.sleep(0.05)

@@ -10,7 +10,7 @@ import pytest
 import os
 from pathlib import Path
 
-from browser import browser_page, chromium, draw_xrays  # noqa: F401  (fixtures)
+from browser import browser_page, chromium, draw_xrays, wait_until  # noqa: F401  (fixtures)
 from review_fixtures import ITEMS, decisions, write_review_inputs
 
 from conftest import make_params
@@ -109,7 +109,7 @@ def test_blind_mode_view_controls_palette_and_paging_with_the_keyboard(tmp_path,
         image = page.locator("#image")
         expect(image).to_have_attribute("style", "transform: translate(0px, 0px) scale(1.25); "
                                                   "filter: brightness(0.9) contrast(1.2);")
-        page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+        wait_until(page, "document.getElementById('image').naturalWidth > 0")
         page.screenshot(path=str(_shots(tmp_path) / "review-blind.png"))
         page.keyboard.press("0")
         expect(image).to_have_attribute("style", "transform: translate(0px, 0px) scale(1); "
@@ -168,7 +168,7 @@ def test_grid_accepts_relabels_and_undoes_a_selection_with_the_keyboard(tmp_path
         picked = [cells.nth(i).get_attribute("data-index") for i in range(48)
                   if "selected" in (cells.nth(i).get_attribute("class") or "")]
         assert picked == ["0", "1", "9"]
-        page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.naturalWidth > 0)")
+        wait_until(page, "[...document.querySelectorAll('#grid img')].every(i => i.naturalWidth > 0)")
         page.screenshot(path=str(_shots(tmp_path) / "review-grid.png"))
         page.keyboard.press("1")  # relabel all three as small
         expect(progress).to_contain_text("3/60 done")
