@@ -8,7 +8,7 @@ its own colours), skin tone, the teat's size, position, tilt (an ellipse) and ro
 strength, white balance, exposure, focus blur and sensor noise. Ring size overlaps a little between neighbouring
 scores, as a grader's scale does.
 
-Nothing is shared with the hip phantom. Each image has its own generator (``SeedSequence(seed, spawn_key=(score,
+Nothing is shared with the phantom demo. Each image has its own generator (``SeedSequence(seed, spawn_key=(score,
 index))``), so the set is the same on every machine and a larger set extends a smaller one.
 
     python -m tasks.samples.teats --out data/byod/teats --per-class 150
