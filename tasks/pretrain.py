@@ -3,11 +3,12 @@
 ``pretrain.base_model: tiny`` (the embedded default) builds the tiny Stable Diffusion pipeline from config
 (``tasks/diffusion/tiny.py``) and pretrains it on the data set's own images — ingest's trainval split (train + val,
 never test) plus an optional unlabeled folder (``pretrain.pool``; the phantom demo adds its unlabeled pool) — with
-one caption (``pretrain.caption``, else the class prompt ``photo of a <caption.thing>``). This stands in for SD's
-web-scale pretraining, because a model built from config knows nothing, and it is what makes the generator learn
-*the user's* domain: DreamBooth then starts from a base that knows what the images look like. Left/right mirrored
-copies are added only when the data set allows it (``baseline.augment.hflip``, the classifier's own rule). Two
-phases:
+one caption (``pretrain.caption``, else the class prompt ``photo of a <caption.thing>``); its tokenizer keeps the
+data set's own words whole (``prompt_words``: class names, ``caption.thing``, template text, user captions). This
+stands in for SD's web-scale pretraining, because a model built from config knows nothing, and it is what makes the
+generator learn *the user's* domain: DreamBooth then starts from a base that knows what the images look like.
+Left/right mirrored copies are added only when the data set allows it (``baseline.augment.hflip``, the
+classifier's own rule). Two phases:
 
 1. the VAE is trained as a KL autoencoder on those images (a random VAE decodes noise), then its latent scale is
    set so latents have unit variance, as SD's ``scaling_factor`` does;
@@ -24,7 +25,9 @@ The denoising loss (with min-SNR weighting and offset noise) and the image loade
 from __future__ import annotations
 
 import logging
+import string
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +190,27 @@ def pretrain_caption(params: Params) -> str:
     return params.pretrain.caption or class_prompt(params.caption.thing)
 
 
+def _literal_text(template: str) -> str:
+    """A format template without its ``{fields}`` (their values are per image: numbers, labels)."""
+    try:
+        return " ".join(literal for literal, *_ in string.Formatter().parse(template))
+    except ValueError:  # an invalid template is caption's error to report, with its own message
+        return template
+
+
+def prompt_words(params: Params, captions: Iterable[Any] = ()) -> list[str]:
+    """The data set's words for the tiny tokenizer, in order: those of every prompt the loop writes from params
+    (class names, ``caption.thing``, the caption template's text, the pretrain caption, generate's prompt templates
+    and negative prompt), then the user captions of the trainval images, most frequent first. Nothing here is
+    specific to any data set: a user's images bring their own vocabulary."""
+    from tasks.diffusion.tiny import words_of
+
+    fixed = [*params.classes, params.caption.thing, _literal_text(params.caption.template), pretrain_caption(params),
+             *map(_literal_text, params.generate.prompt_templates), params.generate.negative_prompt]
+    user = [c for c in captions if isinstance(c, str) and c.strip()]
+    return list(dict.fromkeys([*words_of(fixed), *words_of(user)]))
+
+
 def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, caption: str) -> dict[str, float]:
     """Pretrain the UNet to denoise the images' latents under ``caption`` (with caption dropout)."""
     import torch
@@ -253,7 +277,9 @@ def pretrain_tiny(params: Params, trainval: Path, pool: Path | None, out_dir: Pa
     hflip = params.baseline.augment.hflip
     log.info("pretraining the tiny base on %d trainval + %d pool images at %d² (mirrored copies: %s)",
              counts["trainval_images"], counts["pool_images"], size, hflip)
-    pipe = build_tiny_pipeline(size, params.seed)
+    manifest = read_ingest_manifest(trainval, params.classes)
+    words = prompt_words(params, manifest["caption"] if "caption" in manifest else ())
+    pipe = build_tiny_pipeline(size, params.seed, words)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     metrics = {**counts, "hflip": float(hflip), **train_vae(pipe.vae, images, cfg, params.seed, hflip)}
@@ -267,7 +293,8 @@ def pretrain_tiny(params: Params, trainval: Path, pool: Path | None, out_dir: Pa
     (out_dir / "base.json").unlink(missing_ok=True)
     atomic_write_json(out_dir / "pipeline.json", {
         "base_model": "tiny", "hash": model_hash(folder), "trainval_images": int(counts["trainval_images"]),
-        "pool_images": int(counts["pool_images"]), "hflip": hflip, "image_size": size})
+        "pool_images": int(counts["pool_images"]), "hflip": hflip, "image_size": size,
+        "tokenizer_vocab_size": len(pipe.tokenizer.get_vocab()), "data_set_words": len(words)})
     return PretrainOutputs(out_dir, folder, None, metrics)
 
 

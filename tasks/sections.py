@@ -200,7 +200,20 @@ class Baseline(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 (else fp16) on CUDA, fp32 on CPU
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
+    #: Re-estimate BatchNorm running statistics on the (unaugmented) train images before each validation.
+    #: ``auto``: for Inception-v3 from random weights only. torchvision initialises it with a truncated normal of
+    #: std 0.1 whatever the fan-in, so its ~90 BN layers see activations far from the unit variance their running
+    #: statistics start at; after a few hundred steps eval-mode outputs still saturate (measured on the stripe
+    #: fixture of tests/classify/test_models_train.py: every val epoch at chance without it, 1.00 with it).
+    #: The other backbones (fan-in-scaled init) measured no better with it; ``always`` turns it on for them.
+    bn_refresh: Literal["auto", "always", "never"] = "auto"
     augment: Augment = Augment()
+
+    def refreshes_bn(self) -> bool:
+        """Whether training re-estimates BatchNorm statistics before validating (``bn_refresh``)."""
+        if self.bn_refresh != "auto":
+            return self.bn_refresh == "always"
+        return self.backbone == "inception_v3" and self.weights_for(self.backbone) is None
 
     @model_validator(mode="before")
     @classmethod

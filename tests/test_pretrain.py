@@ -143,3 +143,30 @@ def test_pool_image_size_must_be_square(tmp_path: Path) -> None:
     Image.new("L", (32, 24)).save(tmp_path / "a.png")
     with pytest.raises(PretrainError, match="square"):
         pretrain.pool_image_size(tmp_path, "a.png")
+
+
+def test_prompt_words_come_from_the_data_set_not_from_the_demo(tmp_path: Path) -> None:
+    params = make_params(tmp_path, {"dataset": {"source": "folder", "classes": ["score_1", "score_2"]},
+                                    "review": {"mode": "manual"}, "paths": {"raw": "mine"},
+                                    "caption": {"thing": "teat end photo", "template": "{thing}, hyperkeratosis {label}"},
+                                    "generate": {"prompt_templates": ["{prompt}, close-up"]}})
+    words = pretrain.prompt_words(params, ["rough ring at the orifice", None, float("nan"), "rough skin"])
+    assert {"score", "teat", "end", "photo", "of", "hyperkeratosis", "close", "up"} == set(words[:8])  # params first
+    assert words[8:10] == ["rough", "ring"] and {"orifice", "skin"} <= set(words)  # then captions, most frequent first
+    assert not {"hip", "xray", "dog"} & set(words)
+
+
+def test_pretrained_tokenizer_keeps_the_data_sets_words_whole(tmp_path: Path) -> None:
+    params = make_params(tmp_path, {"pretrain": TINY, "dataset": {"source": "folder", "classes": ["small", "big"]},
+                                    "review": {"mode": "manual"}, "paths": {"raw": "mine"},
+                                    "caption": {"thing": "teat end photo"}})
+    trainval = write_trainval(tmp_path / "tv")
+    manifest = pd.read_csv(trainval / "manifest.csv")
+    manifest["caption"] = ["ring of keratin", "", "", "smooth"]
+    manifest.to_csv(trainval / "manifest.csv", index=False)
+    out = pretrain.run(params, trainval=trainval, out_dir=params.paths.pretrain)
+    tok = pipeline.load_pipeline(out.pipeline).tokenizer
+    assert len(tok("photo of zwx small teat end photo").input_ids) == 2 + 7
+    assert {"keratin</w>", "smooth</w>"} <= set(tok.get_vocab())
+    record = json.loads((params.paths.pretrain / "pipeline.json").read_text())
+    assert record["tokenizer_vocab_size"] == len(tok.get_vocab()) and record["data_set_words"] >= 8

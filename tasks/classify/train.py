@@ -207,6 +207,28 @@ def _train_epoch(model, loader, augment: _Augmenter, loss_fn, opt, scaler, devic
 
 
 @torch.no_grad()
+def refresh_bn(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    """Set every BatchNorm's running mean/var to the plain average over ``images`` (uint8 N×C×H×W, in a fixed
+    order) of the training-mode batch statistics — what ``torch.optim.swa_utils.update_bn`` does — leaving the
+    weights and the momentum as they were. No-op without BatchNorm layers (VGG19, ViT)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [bn.momentum for bn in bns]
+    was_training = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    model.train()
+    # near-equal chunks of at most ~batch_size: never a last batch of one (BN needs two values per channel)
+    for chunk in torch.tensor_split(images, max(1, -(-len(images) // batch_size))):
+        model(chunk.to(device).float().div_(255))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
+
+
+@torch.no_grad()
 def _validate(model, images, labels, loss_fn, batch_size, device) -> dict[str, float]:
     proba = predict_proba(model, images, batch_size, device)
     logp = torch.log(torch.from_numpy(proba).float().clamp_min(1e-12))
@@ -255,6 +277,8 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
         for epoch in progress(range(1, epochs + 1), desc=f"{metric_prefix}train epochs", unit="epoch"):
             lr = opt.param_groups[0]["lr"]
             tr_loss, tr_acc = _train_epoch(model, loader, augment, loss_fn, opt, scaler, device, amp_dtype, epoch)
+            if cfg.refreshes_bn():
+                refresh_bn(model, x_tr, cfg.batch_size, device)
             row = {"epoch": epoch, "train_loss": tr_loss, "train_accuracy": tr_acc,
                    **_validate(model, x_va, y_va, loss_fn, cfg.batch_size, device), "lr": lr}
             rows.append(row)

@@ -1,12 +1,15 @@
 """The embedded ``tiny`` base model: real diffusers/transformers classes built from small configs.
 
 ``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel`` and ``CLIPTokenizer`` at about 1 M UNet parameters,
-so a CPU trains it in minutes. The tokenizer is a byte-level BPE built offline from the project's prompt words.
+so a CPU trains it in minutes. The tokenizer is a byte-level BPE built offline from the loop's prompt words and the data set's own.
 Saving and loading pipelines lives in ``tasks.diffusion.pipeline``.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import tasks  # noqa: F401  (torchvision guard before diffusers imports torchvision)
@@ -23,13 +26,22 @@ SD15_SCHEDULER: dict[str, Any] = {
     "prediction_type": "epsilon",
 }
 
-#: Words the tiny tokenizer merges into whole tokens (anything else still tokenizes, byte by byte).
-PROMPT_WORDS: tuple[str, ...] = (
-    "photo", "of", "a", "an", "the", "zwx", "sks", "hip", "hips", "xray", "x", "ray", "dog", "dogs", "small",
-    "big", "medium", "angle", "angles", "norberg", "left", "right", "degrees", "deg", "and", "with", "image",
-    "radiograph", "cow", "teat", "cows", "teats", "healthy", "lesion", "grade", "normal", "abnormal", "scan",
-    "unlabeled", "class", "label", "ventrodorsal", "view", "pelvis", "joint", "dysplasia", "mild", "severe",
+#: Words every tiny tokenizer keeps whole, whatever the data set: the prompt scaffolding the loop itself writes
+#: (``photo of <token> <class> <thing>``, ``photo of a <thing>``) and the usual instance tokens. The data set's own
+#: words (its classes, ``caption.thing``, template text, user captions) are added per data set by
+#: ``tasks.pretrain.prompt_words`` and travel with the pipeline folder (tokenizer/vocab.json, merges.txt).
+BASE_WORDS: tuple[str, ...] = (
+    "photo", "of", "a", "an", "the", "zwx", "sks", "and", "with", "image", "picture", "class", "label", "view",
 )
+#: At most this many data-set words become whole tokens (the most frequent first): the embedding table stays small.
+MAX_WORDS = 1000
+
+
+def words_of(texts: Iterable[str]) -> list[str]:
+    """Lower-case alphabetic words of ``texts`` (as CLIP's tokenizer splits them), most frequent first, ties in
+    first-seen order; digits, punctuation and one-letter words are left to byte tokens."""
+    counts = Counter(w for text in texts for w in re.findall(r"[^\W\d_]+", str(text).lower()) if len(w) > 1)
+    return [w for w, _ in counts.most_common()]
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -49,7 +61,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def build_bpe(words: tuple[str, ...] = PROMPT_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def build_bpe(words: Iterable[str] = BASE_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocab and merges of a CLIP-style byte-level BPE that keeps each of ``words`` as one token.
 
     The base vocabulary is the 256-symbol byte alphabet, with and without CLIP's end-of-word suffix ``</w>``,
@@ -74,7 +86,7 @@ def build_bpe(words: tuple[str, ...] = PROMPT_WORDS) -> tuple[dict[str, int], li
     return vocab, merges
 
 
-def build_tokenizer(words: tuple[str, ...] = PROMPT_WORDS) -> Any:
+def build_tokenizer(words: Iterable[str] = BASE_WORDS) -> Any:
     """A ``CLIPTokenizer`` built offline from ``build_bpe`` (77-token context, as SD)."""
     from transformers import CLIPTokenizer
 
@@ -132,15 +144,16 @@ def tiny_text_config(vocab_size: int, bos: int, eos: int) -> dict[str, Any]:
     }
 
 
-def build_tiny_pipeline(image_size: int, seed: int) -> Any:
-    """A randomly initialised tiny ``StableDiffusionPipeline`` (fp32, CPU), deterministic in ``seed``."""
+def build_tiny_pipeline(image_size: int, seed: int, words: Iterable[str] = ()) -> Any:
+    """A randomly initialised tiny ``StableDiffusionPipeline`` (fp32, CPU), deterministic in ``seed``; its tokenizer
+    keeps ``BASE_WORDS`` and then ``words`` (the data set's, at most ``MAX_WORDS``) as whole tokens."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if image_size % 8 or image_size < 16:
         raise ValueError(f"tiny pipeline needs image_size a multiple of 8 and >= 16, got {image_size}")
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer((*BASE_WORDS, *[w for w in words if w not in BASE_WORDS][:MAX_WORDS]))
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config(image_size))
     vae = AutoencoderKL(**tiny_vae_config(image_size))

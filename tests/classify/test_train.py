@@ -1,16 +1,18 @@
-"""The one training recipe: losses, class weights, CPU determinism, NaN stop."""
+"""The one training recipe: losses, class weights, CPU determinism, NaN stop, BatchNorm refresh."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from fixtures_classifier import make_caption
 
-from tasks.classify.train import TrainingDiverged, WeightedLoss, class_weights, train_classifier
+from tasks.classify.train import TrainingDiverged, WeightedLoss, class_weights, refresh_bn, train_classifier
 from tasks.stage import StageError
 from tasks.tables import read_imagefolder
 
@@ -67,3 +69,32 @@ def test_nan_loss_stops_training_with_a_clear_error(params, tmp_path):
     cfg = params.baseline.model_copy(update={"epochs": 3, "learning_rate": 1e30, "optimizer": "sgd"})
     with pytest.raises(TrainingDiverged, match="loss became"):
         train_classifier(cfg, train, val, classes=params.classes, channels=1, image_size=32, seed=0)
+
+
+def test_refresh_bn_sets_population_statistics_and_keeps_weights_momentum_and_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, momentum=0.1))
+    images = torch.randint(0, 256, (7, 1, 4, 4), dtype=torch.uint8)
+    before = copy.deepcopy(model.state_dict())
+    model.eval()
+    refresh_bn(model, images, batch_size=3, device=torch.device("cpu"))
+    with torch.no_grad():
+        out = model[0](images.float() / 255)
+    chunks = torch.tensor_split(out, 3)  # near-equal batches of 3, 2, 2: no batch of one
+    assert [len(c) for c in chunks] == [3, 2, 2]
+    expected = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks]).mean(0)
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-6)
+    assert not torch.allclose(model[1].running_var, torch.ones(2))
+    assert model[1].momentum == 0.1 and not model.training
+    assert torch.equal(model[0].weight, before["0.weight"]) and torch.equal(model[1].weight, before["1.weight"])
+
+
+def test_bn_refresh_auto_is_for_inception_from_random_weights(params, tmp_path):
+    base = params.baseline
+    assert base.model_copy(update={"backbone": "inception_v3"}).refreshes_bn()
+    assert not any(base.model_copy(update={"backbone": b}).refreshes_bn() for b in ("custom_cnn", "resnet50", "vgg19"))
+    loaded = base.model_copy(update={"backbone": "inception_v3",
+                                     "pretrained_weights": {"inception_v3": tmp_path / "w.pt"}})
+    assert not loaded.refreshes_bn()
+    assert base.model_copy(update={"backbone": "custom_cnn", "bn_refresh": "always"}).refreshes_bn()
+    assert not base.model_copy(update={"backbone": "inception_v3", "bn_refresh": "never"}).refreshes_bn()
