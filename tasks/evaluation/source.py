@@ -3,7 +3,9 @@ report built on simulated or automatic review can never be taken for a human one
 
 Counted from the decisions themselves (corrections.csv ``reviewer``), not from ``review.mode`` alone: a manual
 review may have been topped up automatically. Automatic reviewers are named as the review wing writes them
-(``tasks/review/modes.py``): ``auto:...`` for rules, ``... (simulated)`` for the reference labeler.
+(``tasks/review/modes.py``): ``auto:...`` for rules, ``... (simulated)`` for the reference labeler — and for any
+scripted reviewer a user plugs in for a dry run (name its Label Studio annotator ``... (simulated)``): the sentence
+names the simulated reviewers, so a script is never reported as the reference labeler, nor as a person.
 """
 
 from __future__ import annotations
@@ -13,6 +15,17 @@ from typing import Any
 import pandas as pd
 
 SIMULATED_TEXT = "simulated — reference labeler; a human reviewer's result will differ"
+REFERENCE_NAME = "reference-labeler (simulated)"  # tasks.review.modes.REFERENCE_REVIEWER (not imported: no review deps)
+
+
+def _simulated_text(names: list[str]) -> str:
+    """The sentence for simulated decisions: the reference labeler's, or naming the scripted reviewers."""
+    others = sorted({n for n in names if n != REFERENCE_NAME})
+    if not others:
+        return SIMULATED_TEXT
+    who = ", ".join(n.removesuffix("(simulated)").strip() for n in others)
+    also = " and the reference labeler" if REFERENCE_NAME in names else ""
+    return f"simulated — scripted reviewer {who}{also}, not a person; a human reviewer's result will differ"
 
 
 def _kind(reviewer: str) -> str:
@@ -35,7 +48,7 @@ def review_source(corrections: pd.DataFrame, mode: str, threshold: float) -> dic
     people = int(reviewers[kinds == "human"].nunique())
     total = len(corrections)
     if n["simulated"] or (mode == "reference" and not n["human"]):
-        kind, text = "simulated", SIMULATED_TEXT
+        kind, text = "simulated", _simulated_text(reviewers[kinds == "simulated"].tolist())
         if n["human"]:
             text += f" ({n['simulated']} of {total} decisions simulated, {n['human']} by {people} people)"
     elif n["human"]:

@@ -75,6 +75,16 @@ def test_review_source_says_who_reviewed(reviewers, mode, kind, text):
     assert mixed["kind"] == "simulated" and mixed["text"].startswith("simulated") and "1 by 1 people" in mixed["text"]
 
 
+def test_a_scripted_reviewer_is_simulated_and_named_never_the_reference_labeler_or_a_person():
+    script = ["labelstudio:scripted-oracle (simulated)"] * 4
+    got = review_source(pd.DataFrame({"reviewer": script}), "accept-confident", 0.9)
+    assert got["kind"] == "simulated" and got["n_human"] == 0 and got["n_simulated"] == 4
+    assert got["text"] == ("simulated — scripted reviewer labelstudio:scripted-oracle, not a person; "
+                           "a human reviewer's result will differ")
+    both = review_source(pd.DataFrame({"reviewer": [*script, "reference-labeler (simulated)"]}), "reference", 0.9)
+    assert "scripted-oracle and the reference labeler" in both["text"] and "reference labeler;" not in both["text"]
+
+
 def test_curve_table_is_the_gain_over_real_per_repeat():
     rows = []
     for r, base in enumerate([0.6, 0.7]):
@@ -117,3 +127,10 @@ def test_dvc_plots_show_renders_both_curves(tmp_path):
     data = json.loads(out.stdout)["data"]
     assert {k: len(v[0]["content"]["data"]["values"]) for k, v in data.items()} == \
         {"gain_vs_synthetic_images": 3, "gain_vs_review_decisions": 3}
+
+
+def test_review_source_knows_the_reference_labelers_name():
+    from tasks.evaluation.source import REFERENCE_NAME
+    from tasks.review.modes import REFERENCE_REVIEWER
+
+    assert REFERENCE_NAME == REFERENCE_REVIEWER
