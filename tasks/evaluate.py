@@ -29,7 +29,7 @@ from tasks.classify.train import TrainResult
 from tasks.evaluation.checks import generation_checks
 from tasks.evaluation.curves import curve_table
 from tasks.evaluation.fidelity import fidelity_table
-from tasks.evaluation.plan import Job, effort_pool, effort_steps, plan_jobs, trainval_splits
+from tasks.evaluation.plan import Job, effort_pool, effort_steps, plan_jobs, reviewer_decisions, trainval_splits
 from tasks.evaluation.runner import metric_names, run_jobs
 from tasks.evaluation.sets import eval_set, score
 from tasks.evaluation.source import review_source
@@ -81,9 +81,10 @@ def _synthetic_pools(params: Params, gen: pd.DataFrame, corrections: pd.DataFram
             log.warning("evaluate: the %s synthetic pool is empty; its arms train on real images only", name)
     order = read_queue(queue)["file_name"].tolist() if queue is not None and Path(queue).is_file() else \
         corrections["file_name"].tolist()  # no queue: the order the decisions were written in
+    n_reviewer = int(reviewer_decisions(corrections).sum())  # the review effort: automatic decisions cost nothing
     effort = {} if not params.evaluate.curve_repeats else {
         k: drop_memorised(effort_pool(gen, corrections, pools["intended"], order, k), memorised)
-        for k in effort_steps(len(corrections), params.evaluate.effort_fractions)}
+        for k in effort_steps(n_reviewer, params.evaluate.effort_fractions)}
     return pools, effort
 
 

@@ -80,15 +80,27 @@ def trainval_splits(params: Params, stage_train: pd.DataFrame, stage_val: pd.Dat
     return out[0], out[1]
 
 
+def reviewer_decisions(corrections: pd.DataFrame) -> pd.Series:
+    """True for the decisions a reviewer made (a person, or a simulated one); False for automatic ones
+    (``auto:...``: accept-confident, beyond-budget), which cost no review time."""
+    if "reviewer" not in corrections:
+        return pd.Series(True, index=corrections.index)
+    return ~corrections["reviewer"].fillna("").astype(str).str.startswith("auto:")
+
+
 def effort_pool(generated: pd.DataFrame, corrections: pd.DataFrame, intended: pd.DataFrame,
                 order: Sequence[str], k: int) -> pd.DataFrame:
-    """Synthetic rows after the first ``k`` review decisions in ``order`` (queue order): those images carry their
-    reviewed label (rejects dropped), every other image its intended class, as in the intended arm."""
+    """Synthetic rows after the first ``k`` *reviewer* decisions in ``order`` (queue order): those images carry
+    their reviewed label (rejects dropped), as do the automatic decisions (accept-confident, beyond-budget: they
+    cost no review time, so every point of the curve has them); every other image keeps its intended class, as
+    in the intended arm. At k = all reviewer decisions this is the reviewed arm's pool."""
     rank = {f: i for i, f in enumerate(order)}
-    ranked = corrections.assign(_rank=corrections["file_name"].map(rank).fillna(len(rank)))
+    by_reviewer = reviewer_decisions(corrections)
+    ranked = corrections[by_reviewer].assign(_rank=corrections["file_name"].map(rank).fillna(len(rank)))
     first = ranked.sort_values("_rank", kind="stable").head(k).drop(columns="_rank")
-    decided = set(first["file_name"])
-    reviewed = reviewed_synthetic(generated, first) if k else intended.iloc[:0]
+    applied = pd.concat([corrections[~by_reviewer], first])
+    decided = set(applied["file_name"])
+    reviewed = reviewed_synthetic(generated, applied) if len(applied) else intended.iloc[:0]
     rest = intended[~intended["file_name"].isin(decided)]
     return pd.concat([reviewed, rest], ignore_index=True).sort_values("file_name", kind="stable") \
         .reset_index(drop=True)

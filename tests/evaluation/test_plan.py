@@ -51,6 +51,26 @@ def test_effort_pool_applies_the_first_k_decisions_in_queue_order():
     assert plan.effort_steps(12, (0, 0.25, 0.5, 1)) == [0, 3, 6, 12] and plan.effort_steps(2, (0, 0.1)) == [0]
 
 
+def test_effort_counts_reviewer_decisions_only_and_keeps_automatic_ones_at_every_point():
+    """A budgeted review: 2 decisions by a reviewer, 2 beyond-budget drops and 1 accept-confident (automatic)."""
+    names = ["a", "b", "c", "d", "e"]
+    gen = pd.DataFrame({"file_name": names, "path": [f"/{n}" for n in names], "sha256": list("12345"),
+                        "intended_label": ["x", "x", "y", "y", "x"]})
+    intended = gen.rename(columns={"intended_label": "label"})[["file_name", "label", "path"]]
+    corr = pd.DataFrame({"file_name": names, "sha256": list("12345"), "final_label": ["y", "x", "", "", "x"],
+                         "decision": ["correct", "accept", "reject", "reject", "accept"],
+                         "reviewer": ["ann", "script (simulated)", "auto:beyond-budget", "auto:beyond-budget",
+                                      "auto:accept-confident"]})
+    assert plan.reviewer_decisions(corr).tolist() == [True, True, False, False, False]
+    order = ["b", "a", "e", "c", "d"]
+    labels = lambda k: plan.effort_pool(gen, corr, intended, order, k).set_index("file_name")["label"].to_dict()
+    assert labels(0) == {"a": "x", "b": "x", "e": "x"}  # drops and the auto-accept apply; a, b as intended
+    assert labels(1) == {"a": "x", "b": "x", "e": "x"}  # b accepted as x
+    assert labels(2) == {"a": "y", "b": "x", "e": "x"}  # a corrected: the reviewed arm's pool
+    from tasks.classify.arms import reviewed_synthetic
+    assert labels(2) == reviewed_synthetic(gen, corr).set_index("file_name")["label"].to_dict()
+
+
 def test_job_key_is_the_data_and_seed_fingerprint():
     t = pd.DataFrame({"path": ["/a", "/b"], "label": ["x", "y"], "weight": 1.0})
     job = plan.Job("arms", "real", "custom_cnn", 0, 1, t, t, None, False, False)
