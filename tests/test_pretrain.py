@@ -148,7 +148,8 @@ def test_pool_image_size_must_be_square(tmp_path: Path) -> None:
 def test_prompt_words_come_from_the_data_set_not_from_the_demo(tmp_path: Path) -> None:
     params = make_params(tmp_path, {"dataset": {"source": "folder", "classes": ["score_1", "score_2"]},
                                     "review": {"mode": "manual"}, "paths": {"raw": "mine"},
-                                    "caption": {"thing": "teat end photo", "template": "{thing}, hyperkeratosis {label}"},
+                                    "caption": {"thing": "teat end photo",
+                                                "template": "{thing}, hyperkeratosis {label}"},
                                     "generate": {"prompt_templates": ["{prompt}, close-up"]}})
     words = pretrain.prompt_words(params, ["rough ring at the orifice", None, float("nan"), "rough skin"])
     assert {"score", "teat", "end", "photo", "of", "hyperkeratosis", "close", "up"} == set(words[:8])  # params first
