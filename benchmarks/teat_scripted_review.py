@@ -82,7 +82,7 @@ def main() -> None:
         export.append(task)
     args.out.write_text(json.dumps(export), encoding="utf-8")
     agree = float(np.mean([classes[p] == store.items[f]["intended_label"] for f, p in zip(owed, pred)])) if owed \
-        else float("nan")
+        else None  # nothing owed: no agreement to measure
     print(json.dumps({"scripted_reviewer_train_images": len(train),
                       "scripted_reviewer_test_balanced_accuracy": accuracy, "owed_items": len(owed),
                       "agrees_with_intended": agree}, indent=1))

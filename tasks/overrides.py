@@ -124,12 +124,21 @@ def _coerce(text: str) -> Any:
     return text if value is None and text.strip() not in ("null", "~", "") else value
 
 
-def set_item(data: dict[str, Any], item: str, source: str) -> None:
-    """Apply one ``section.key=value`` override to a params dict in place (validation happens on the result)."""
+def parse_item(item: str, source: str) -> tuple[list[str], Any]:
+    """``section.key=value`` → (``["section", "key"]``, the value parsed as YAML); ParamsError if malformed."""
     key, sep, raw = item.partition("=")
     parts = [p.strip() for p in key.split(".")]
     if not sep or not all(parts):
         raise ParamsError(f"{source}: override {item!r} is not of the form section.key=value")
+    try:
+        return parts, _coerce(raw)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{source}: override {item!r}: the value is not valid YAML ({err})") from None
+
+
+def set_item(data: dict[str, Any], item: str, source: str) -> None:
+    """Apply one ``section.key=value`` override to a params dict in place (validation happens on the result)."""
+    parts, value = parse_item(item, source)
     if parts[0] == "paths":
         raise ParamsError(f"{source}: override {item!r}: paths come from params.yaml only (dvc.yaml reads its deps "
                           f"and outs there); edit params.yaml to move a folder")
@@ -139,7 +148,7 @@ def set_item(data: dict[str, Any], item: str, source: str) -> None:
         if not isinstance(child, dict):
             raise ParamsError(f"{source}: override {item!r}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = _coerce(raw)
+    node[parts[-1]] = value
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,17 @@ class ParamsError(ValueError):
 
 
 
+def _sets(item: str, key: str, value: Any) -> bool:
+    """Whether the override ``item`` sets ``key`` to ``value``, parsed as ``tasks.overrides`` applies it."""
+    from tasks.overrides import parse_item  # imports this module: not at the top
+
+    try:
+        parts, parsed = parse_item(item, "schedule.set_params")
+    except ParamsError:
+        return False  # a malformed override is reported where it is applied
+    return ".".join(parts) == key and parsed == value
+
+
 class Params(Section):
     """The whole of params.yaml."""
 
@@ -75,7 +86,7 @@ class Params(Section):
             if len(self.phantom.thresholds) != n - 1:
                 raise ValueError(f"phantom.thresholds needs len(dataset.classes)-1 = {n - 1} cut points, "
                                  f"got {len(self.phantom.thresholds)}")
-        elif any(o.replace(" ", "") == "review.mode=reference" for o in self.schedule.set_params):
+        elif any(_sets(o, "review.mode", "reference") for o in self.schedule.set_params):
             raise ValueError("schedule.set_params sets review.mode=reference, the simulated reviewer of the phantom "
                              "demo; with dataset.source folder a scheduled run has no reference labeler: use [] "
                              "(the run pauses for a person) or review.mode=accept-confident")

@@ -45,6 +45,22 @@ AUDIT_FILE = "audit.jsonl"
 #: The label a reviewer gives an image that shows no usable instance of any class.
 REJECT = "reject"
 
+#: The corrections table's ``reviewer`` column: automatic reviewers (rules, which cost no review time) start with
+#: ``AUTO_PREFIX``; simulated ones (the reference labeler, a scripted reviewer) end with ``SIMULATED_SUFFIX``;
+#: anything else is a person. The review stage writes these names, evaluate reads them.
+AUTO_PREFIX = "auto:"
+SIMULATED_SUFFIX = "(simulated)"
+REFERENCE_REVIEWER = f"reference-labeler {SIMULATED_SUFFIX}"
+
+
+def reviewer_kind(reviewer: str) -> str:
+    """``automatic``, ``simulated`` or ``human`` for a ``reviewer`` value (an empty name counts as automatic)."""
+    if reviewer.endswith(SIMULATED_SUFFIX):
+        return "simulated"
+    if reviewer.startswith(AUTO_PREFIX) or not reviewer:
+        return "automatic"
+    return "human"
+
 CORRECTION_COLUMNS = ["file_name", "sha256", "intended_label", "pred_label", "final_label", "decision", "reviewer",
                       "timestamp", "version", "note"]
 QUEUE_COLUMNS = ["position", "file_name", "sha256", "intended_label", "pred_label", "confidence", "margin", "agrees",

@@ -58,6 +58,8 @@ def test_params_are_frozen():
         ({"dataset": {"source": "folder"}, "review": {"mode": "manual"}}, "inside paths.phantom"),
         ({"dataset": {"source": "folder"}, "review": {"mode": "manual"},
           "schedule": {"set_params": ["review.mode = reference"]}}, "schedule.set_params sets review.mode=reference"),
+        ({"dataset": {"source": "folder"}, "review": {"mode": "manual"},
+          "schedule": {"set_params": ["review. mode='reference'"]}}, "schedule.set_params sets review.mode=reference"),
         ({"caption": {"instance_token": "two words"}}, "single word"),
         ({"evaluate": {"seeds": [1, 2]}}, "evaluate.seeds was replaced by evaluate.repeats"),
         ({"evaluate": {"arms": ["real+augment"]}}, "including 'real'"),

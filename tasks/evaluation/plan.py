@@ -22,6 +22,7 @@ from tasks.classify.arms import reviewed_synthetic, select_synthetic
 from tasks.intake.split import assign_splits
 from tasks.params import Params
 from tasks.stage import StageError
+from tasks.tables import reviewer_kind
 
 #: How each arm (``stats.ARMS``) trains: which synthetic pool, pretrain-then-fine-tune, strong augmentation.
 ARM_RECIPES: dict[str, tuple[str | None, bool, bool]] = {
@@ -85,7 +86,7 @@ def reviewer_decisions(corrections: pd.DataFrame) -> pd.Series:
     (``auto:...``: accept-confident, beyond-budget), which cost no review time."""
     if "reviewer" not in corrections:
         return pd.Series(True, index=corrections.index)
-    return ~corrections["reviewer"].fillna("").astype(str).str.startswith("auto:")
+    return corrections["reviewer"].fillna("").astype(str).str.strip().map(reviewer_kind) != "automatic"
 
 
 def effort_pool(generated: pd.DataFrame, corrections: pd.DataFrame, intended: pd.DataFrame,

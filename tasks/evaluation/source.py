@@ -1,11 +1,11 @@
 """Who reviewed: the one sentence (``review_source``) that the report's first screen and metrics carry, so a
 report built on simulated or automatic review can never be taken for a human one.
 
-Counted from the decisions themselves (corrections.csv ``reviewer``), not from ``review.mode`` alone: a manual
-review may have been topped up automatically. Automatic reviewers are named as the review wing writes them
-(``tasks/review/modes.py``): ``auto:...`` for rules, ``... (simulated)`` for the reference labeler — and for any
-scripted reviewer a user plugs in for a dry run (name its Label Studio annotator ``... (simulated)``): the sentence
-names the simulated reviewers, so a script is never reported as the reference labeler, nor as a person.
+Counted from the decisions themselves (corrections.csv ``reviewer``, whose naming lives in ``tasks/tables.py``),
+not from ``review.mode`` alone: a manual review may have been topped up automatically. ``auto:...`` for rules,
+``... (simulated)`` for the reference labeler — and for any scripted reviewer a user plugs in for a dry run (name
+its Label Studio annotator ``... (simulated)``): the sentence names the simulated reviewers, so a script is never
+reported as the reference labeler, nor as a person.
 """
 
 from __future__ import annotations
@@ -14,26 +14,19 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.tables import REFERENCE_REVIEWER, SIMULATED_SUFFIX, reviewer_kind
+
 SIMULATED_TEXT = "simulated — reference labeler; a human reviewer's result will differ"
-REFERENCE_NAME = "reference-labeler (simulated)"  # tasks.review.modes.REFERENCE_REVIEWER (not imported: no review deps)
 
 
 def _simulated_text(names: list[str]) -> str:
     """The sentence for simulated decisions: the reference labeler's, or naming the scripted reviewers."""
-    others = sorted({n for n in names if n != REFERENCE_NAME})
+    others = sorted({n for n in names if n != REFERENCE_REVIEWER})
     if not others:
         return SIMULATED_TEXT
-    who = ", ".join(n.removesuffix("(simulated)").strip() for n in others)
-    also = " and the reference labeler" if REFERENCE_NAME in names else ""
+    who = ", ".join(n.removesuffix(SIMULATED_SUFFIX).strip() for n in others)
+    also = " and the reference labeler" if REFERENCE_REVIEWER in names else ""
     return f"simulated — scripted reviewer {who}{also}, not a person; a human reviewer's result will differ"
-
-
-def _kind(reviewer: str) -> str:
-    if reviewer.endswith("(simulated)"):
-        return "simulated"
-    if reviewer.startswith("auto:") or not reviewer:
-        return "automatic"
-    return "human"
 
 
 def review_source(corrections: pd.DataFrame, mode: str, threshold: float) -> dict[str, Any]:
@@ -43,7 +36,7 @@ def review_source(corrections: pd.DataFrame, mode: str, threshold: float) -> dic
     person decided anything ("N decisions by K people"), else ``automatic`` ("accept-confident at threshold t").
     """
     reviewers = corrections["reviewer"].fillna("").astype(str).str.strip()
-    kinds = reviewers.map(_kind)
+    kinds = reviewers.map(reviewer_kind)
     n = {k: int((kinds == k).sum()) for k in ("simulated", "automatic", "human")}
     people = int(reviewers[kinds == "human"].nunique())
     total = len(corrections)

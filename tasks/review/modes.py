@@ -24,11 +24,10 @@ from tasks.review.budget import policy_label
 from tasks.review.queue import confident_items
 from tasks.review.store import ReviewStore
 from tasks.stage import StageError
-from tasks.tables import REJECT
+from tasks.tables import AUTO_PREFIX, REFERENCE_REVIEWER, REJECT
 
-AUTO_REVIEWER = "auto:accept-confident"
-REFERENCE_REVIEWER = "reference-labeler (simulated)"
-BEYOND_REVIEWER = "auto:beyond-budget"
+AUTO_REVIEWER = f"{AUTO_PREFIX}accept-confident"
+BEYOND_REVIEWER = f"{AUTO_PREFIX}beyond-budget"
 
 
 @dataclass(frozen=True)

@@ -147,10 +147,3 @@ def test_dvc_plots_show_renders_both_curves(tmp_path):
     data = json.loads(out.stdout)["data"]
     assert {k: len(v[0]["content"]["data"]["values"]) for k, v in data.items()} == \
         {"gain_vs_synthetic_images": 3, "gain_vs_review_decisions": 3}
-
-
-def test_review_source_knows_the_reference_labelers_name():
-    from tasks.evaluation.source import REFERENCE_NAME
-    from tasks.review.modes import REFERENCE_REVIEWER
-
-    assert REFERENCE_NAME == REFERENCE_REVIEWER
