@@ -113,6 +113,12 @@ def claim_device(devices: list[str], poll_s: float = 0.5) -> Iterator[str]:
         time.sleep(poll_s)
 
 
+def queues_for_gpu(stage: str, devices: list[str]) -> bool:
+    """True when ``stage`` would wait for a ``gpu`` slot and a device (``stage_placement``): an accelerator stage on
+    a machine with devices."""
+    return bool(devices) and needs_accelerator(stage)
+
+
 @contextlib.contextmanager
 def stage_placement(stage: str, devices: list[str]) -> Iterator[dict[str, str]]:
     """Environment for the process of ``stage``: a GPU stage waits for a ``gpu`` slot, then gets one device.
@@ -120,11 +126,8 @@ def stage_placement(stage: str, devices: list[str]) -> Iterator[dict[str, str]]:
     On a machine with devices a CPU stage runs with ``CUDA_VISIBLE_DEVICES=""``, so it can never take a GPU a
     queued GPU stage waits for; on a machine without devices nothing changes (every stage runs on the CPU).
     """
-    if not needs_accelerator(stage):
+    if not queues_for_gpu(stage, devices):
         yield {"CUDA_VISIBLE_DEVICES": ""} if devices else {}
-        return
-    if not devices:
-        yield {}
         return
     from prefect.concurrency.sync import concurrency
 

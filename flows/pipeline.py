@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.states import Completed
 
-from flows.gpu import ensure_gpu_limit, stage_placement, visible_devices
+from flows.gpu import ensure_gpu_limit, queues_for_gpu, stage_placement, visible_devices
 from flows.pools import run_on_pool
 from tasks.intake.walk import dvc_preflight
 from tasks.overrides import record_resolved, run_overrides
@@ -85,6 +85,15 @@ def _run_streaming(cmd: list[str], env: dict[str, str] | None = None,
     return proc.returncode, "".join(lines)
 
 
+#: What ``dvc repro`` prints for a stage whose deps, params, outs and command match dvc.lock (nothing runs).
+DVC_UNCHANGED = "Stage '{stage}' didn't change, skipping"
+
+
+def _skipped(stage: str) -> Completed:
+    get_run_logger().info("stage %s is up to date (dvc.lock matches): skipped", stage)
+    return Completed(name="Skipped", message=f"{stage}: up to date in dvc.lock, not re-run", data="skipped")
+
+
 # No automatic retries: most stage failures are deterministic (bad params or data) and would fail again after
 # minutes of work; a re-run resumes where the stage supports it (generate, dreambooth checkpoints).
 @task(name="stage", task_run_name="{stage}", retries=0)
@@ -94,14 +103,18 @@ def run_stage(stage: str, devices: list[str] | None = None):
     A GPU stage first waits for a ``gpu`` slot and one of ``devices`` (flows/gpu.py); a current stage never queues.
     """
     logger = get_run_logger()
-    if stage_is_current(stage):
-        logger.info("stage %s is up to date (dvc.lock matches): skipped", stage)
-        return Completed(name="Skipped", message=f"{stage}: up to date in dvc.lock, not re-run", data="skipped")
+    # Only a stage that would queue for a GPU asks `dvc status` first (a current stage must never wait for a
+    # device); any other stage goes straight to `dvc repro`, which skips a current stage itself and says so —
+    # one DVC process per stage instead of two (about 1.4 s a stage on a 2-core machine).
+    if queues_for_gpu(stage, devices or []) and stage_is_current(stage):
+        return _skipped(stage)
     with stage_placement(stage, devices or []) as env:
         logger.info("running stage %s%s", stage,
                     f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if env.get("CUDA_VISIBLE_DEVICES") else "")
         returncode, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage], env,
                                             on_line=_StageProgress(stage))
+    if returncode == 0 and DVC_UNCHANGED.format(stage=stage) in output:
+        return _skipped(stage)
     if returncode == 0:
         if "is cached - skipping run" in output:
             # DVC's run cache had this exact stage (same code, params, data): outputs restored, nothing computed.

@@ -140,7 +140,7 @@ def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int, hflip: bool = Fal
     from tasks.progress import progress
 
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0, fused=True)
     sched = _lr_schedule(opt, cfg.warmup_steps, cfg.vae_steps)
     vae.train()
     recent: list[float] = []
@@ -224,7 +224,7 @@ def train_unet(pipe: Any, means: Any, stds: Any, cfg: Pretrain, seed: int, capti
     cond, uncond = encode_prompts(pipe, [caption, ""]).split(1)
     scale = pipe.vae.config.scaling_factor
     unet = pipe.unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2, fused=True)  # as dreambooth
     sched = _lr_schedule(opt, cfg.warmup_steps, cfg.steps)
     unet, opt, sched = accelerator.prepare(unet, opt, sched)
     gen = torch.Generator().manual_seed(seed + 1)

@@ -46,6 +46,38 @@ def test_cpu_stage_is_hidden_from_gpus_and_never_queues(monkeypatch: pytest.Monk
     assert not list(tmp_path.iterdir())  # neither took a device lock
 
 
+def test_only_a_stage_that_would_queue_for_a_gpu_asks_dvc_status_first(monkeypatch: pytest.MonkeyPatch):
+    """A CPU stage, or any stage on a machine without devices, goes straight to `dvc repro` (one DVC process), and
+    DVC's own "didn't change" line makes it Skipped; a GPU stage with devices asks `dvc status` before queueing."""
+    import logging
+
+    from flows import pipeline
+
+    asked: list[str] = []
+    repro: list[list[str]] = []
+
+    def current(stage: str) -> bool:
+        asked.append(stage)
+        return True
+
+    def streaming(cmd, env=None, on_line=None):
+        repro.append(cmd)
+        return 0, f"Stage '{cmd[-1]}' didn't change, skipping\nData and pipelines are up to date.\n"
+
+    monkeypatch.setattr(pipeline, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(pipeline, "create_progress_artifact", lambda *a, **k: None)  # no flow run to attach to
+    monkeypatch.setattr(pipeline, "stage_is_current", current)
+    monkeypatch.setattr(pipeline, "_run_streaming", streaming)
+    for stage, devices in (("caption", ["0"]), ("dreambooth", [])):
+        state = pipeline.run_stage.fn(stage, devices)
+        assert state.name == "Skipped" and state.data == "skipped"
+    assert asked == [] and [cmd[-1] for cmd in repro] == ["caption", "dreambooth"]
+    assert pipeline.run_stage.fn("dreambooth", ["0"]).name == "Skipped"
+    assert asked == ["dreambooth"] and len(repro) == 2  # skipped before it could queue for the device
+    monkeypatch.setattr(pipeline, "_run_streaming", lambda cmd, env=None, on_line=None: (0, "Running stage\n"))
+    assert pipeline.run_stage.fn("caption", []) == "ran"
+
+
 def test_claim_device_gives_concurrent_holders_different_devices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv(gpu.LOCK_DIR_ENV, str(tmp_path))
     with gpu.claim_device(["0", "1"]) as first, gpu.claim_device(["0", "1"]) as second:

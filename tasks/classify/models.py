@@ -91,7 +91,9 @@ class ClassifierNet(nn.Module):
         if self.input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=True)
-        return (x - self.mean) / self.std
+        # channels_last: oneDNN's convolutions (and BatchNorm) run ~1.3x faster on NHWC than on NCHW here; weights
+        # take the same layout while training (train_classifier), outputs are the same up to float rounding
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and, for Inception-v3 in training mode, its auxiliary logits."""

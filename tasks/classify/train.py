@@ -130,7 +130,9 @@ def _optimizer(cfg: Baseline, model: nn.Module) -> torch.optim.Optimizer:
     kw = {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), momentum=0.9, nesterov=True, **kw)
-    return (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(model.parameters(), **kw)
+    # fused: one kernel for all parameters instead of ~10 small ops per tensor (CPU and CUDA; the per-tensor loop is
+    # torch's CPU default and cost a tenth of a training step here)
+    return (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(model.parameters(), fused=True, **kw)
 
 
 def _scheduler(cfg: Baseline, opt: torch.optim.Optimizer, epochs: int):
@@ -260,7 +262,7 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
         model = build_classifier(cfg, len(classes), channels)
         if init_state is not None:
             model.load_state_dict(init_state)
-        model.to(device)
+        model.to(device, memory_format=torch.channels_last)  # the layout ClassifierNet.prepare gives its inputs
         cw = class_weights(y_tr.numpy(), len(classes), missing_ok=missing_classes_ok) if cfg.class_weights == "balanced" else None
         gamma = cfg.focal_gamma if cfg.loss == "focal" else 0.0
         loss_fn = WeightedLoss(gamma, cw).to(device)
@@ -295,7 +297,7 @@ def train_classifier(cfg: Baseline, train: pd.DataFrame, val: pd.DataFrame, *, c
                     log.info("early stop at epoch %d (best %d on %s)", epoch, best_epoch, cfg.monitor)
                     break
         model.load_state_dict(best_state)
-    model.cpu().eval()
+    model.to("cpu", memory_format=torch.contiguous_format).eval()  # plain layout: what save_model and users expect
     history = pd.DataFrame(rows)
     best_row = history.loc[history["epoch"] == best_epoch].iloc[0]
     val_metrics = {k: float(best_row[k]) for k in ("val_loss", "val_accuracy", "val_balanced_accuracy")}

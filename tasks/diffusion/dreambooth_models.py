@@ -76,7 +76,9 @@ def make_optimizer(params: list[Any], cfg: Dreambooth, device: Any) -> Any:
         if bnb is not None and device.type == "cuda":
             return bnb.optim.AdamW8bit(params, **kwargs)
         log.warning("use_8bit_adam needs bitsandbytes and CUDA; using torch AdamW")
-    return torch.optim.AdamW(params, fused=device.type == "cuda", **kwargs)
+    # fused on the CPU too: torch's CPU default loops ~10 small ops over each of ~360 tensors, about 40 ms of a
+    # ~100 ms tiny-model step (measured); one fused kernel does the same update
+    return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- lora outputs
