@@ -148,6 +148,7 @@ def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int, hflip: bool = Fal
         x = images[torch.randint(0, len(images), (cfg.vae_batch_size,), generator=gen)]
         if hflip:
             x = random_hflip(x, gen)
+        x = x.contiguous(memory_format=torch.channels_last)  # the VAE's layout while it trains (pretrain_tiny)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         mse = torch.nn.functional.mse_loss(recon, x)
@@ -172,10 +173,10 @@ def encode_pool(vae: Any, images: Any, batch: int = 256, hflip: bool = False) ->
         for i in range(0, len(images), batch):
             chunk = images[i:i + batch]
             for x in ((chunk, chunk.flip(-1)) if hflip else (chunk,)):
-                dist = vae.encode(x).latent_dist
+                dist = vae.encode(x.contiguous(memory_format=torch.channels_last)).latent_dist
                 means.append(dist.mean)
                 stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
+    return torch.cat(means).contiguous(), torch.cat(stds).contiguous()
 
 
 def set_latent_scale(vae: Any, means: Any) -> float:
@@ -282,9 +283,13 @@ def pretrain_tiny(params: Params, trainval: Path, pool: Path | None, out_dir: Pa
     pipe = build_tiny_pipeline(size, params.seed, words)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
+    # channels_last: the VAE's full-resolution convolutions train and encode ~1.5x faster on 2 CPU cores (measured;
+    # the UNet's 16² latents gain nothing); back to the plain layout before anything else uses or saves it
+    pipe.vae.to(memory_format=torch.channels_last)
     metrics = {**counts, "hflip": float(hflip), **train_vae(pipe.vae, images, cfg, params.seed, hflip)}
     metrics["vae_seconds"] = time.perf_counter() - start
     means, stds = encode_pool(pipe.vae, images, hflip=hflip)
+    pipe.vae.to(memory_format=torch.contiguous_format)
     metrics["vae_scaling_factor"] = set_latent_scale(pipe.vae, means)
     metrics.update(train_unet(pipe, means, stds, cfg, params.seed, pretrain_caption(params)))
     folder = save_pipeline(pipe, out_dir / "pipeline")

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,11 @@ def _mlflow():
     return mlflow
 
 
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric values of ``metrics`` as floats (bools and text are not metrics)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 @dataclass(frozen=True)
 class StageRun:
     """Handle on an open MLflow run; what a stage uses to log."""
@@ -71,9 +76,20 @@ class StageRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        clean = _numeric(metrics)
         if clean:
             mlflow.log_metrics(clean, step=step)
+
+    def log_metric_steps(self, rows: Sequence[tuple[int, int, Mapping[str, float]]]) -> None:
+        """Many steps' metrics, ``(step, timestamp in ms, metrics)`` each, in a few MLflow calls (``log_batch``
+        takes up to 1,000 values): one ``log_metrics`` call per training step cost ~7 ms on the sqlite store."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        values = [Metric(k, v, ts, step) for step, ts, metrics in rows for k, v in _numeric(metrics).items()]
+        client = MlflowClient()
+        for i in range(0, len(values), 1000):
+            client.log_batch(self.run_id, metrics=values[i:i + 1000])
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         import mlflow

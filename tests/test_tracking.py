@@ -36,6 +36,18 @@ def test_stage_runs_nest_under_loop_run_with_params_and_tags(params):
     assert client.get_run(parent.run_id).data.tags["prefect.flow_run_id"] == "abc"
 
 
+def test_metric_steps_arrive_with_their_steps_and_times_in_batches_of_at_most_1000(params):
+    from mlflow import MlflowClient
+
+    rows = [(step, 1_700_000_000_000 + step, {"train_loss": 1.0 / step, "lr": 0.1, "note": "x"})
+            for step in range(1, 601)]
+    with tracking.stage_run("dreambooth", params) as run:
+        run.log_metric_steps(rows)  # 1,200 values: two log_batch calls
+    history = MlflowClient(tracking.tracking_uri()).get_metric_history(run.run_id, "train_loss")
+    assert sorted((m.step, m.timestamp, m.value) for m in history) == [(s, t, m["train_loss"]) for s, t, m in rows]
+    assert len(MlflowClient(tracking.tracking_uri()).get_metric_history(run.run_id, "lr")) == 600
+
+
 @dataclass(frozen=True)
 class _Outputs:
     out: Path

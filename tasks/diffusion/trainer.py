@@ -89,24 +89,50 @@ def train_loop(tr: Trainer, caption: Path, run: Any) -> dict[str, float]:
     prompts = validation_prompts(caption, cfg)
     bar = progress(total=cfg.steps, initial=tr.step, desc="dreambooth", unit="step",
                    disable=not acc.is_main_process)
-    while tr.step < cfg.steps:
-        loss = train_step(tr)
-        tr.step += 1
-        tr.losses.append((tr.step, loss))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if run is not None and acc.is_main_process:
-            run.log_metrics({"train_loss": loss, "lr": tr.lr_scheduler.get_last_lr()[0]}, step=tr.step)
-        if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
-            save_checkpoint(acc, tr.out_dir / "checkpoints", tr.step, _trainer_state(tr), cfg.checkpoints_total_limit)
-        if (tr.step % cfg.validation_every == 0 or tr.step == cfg.steps) and acc.is_main_process:
-            metrics.update(validate(tr, prompts, run))
+    logged = _StepMetrics(run if acc.is_main_process else None)
+    try:
+        while tr.step < cfg.steps:
+            loss = train_step(tr)
+            tr.step += 1
+            tr.losses.append((tr.step, loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            logged.add(tr.step, {"train_loss": loss, "lr": tr.lr_scheduler.get_last_lr()[0]})
+            if tr.step % cfg.checkpoint_every == 0 or tr.step == cfg.steps:
+                save_checkpoint(acc, tr.out_dir / "checkpoints", tr.step, _trainer_state(tr),
+                                cfg.checkpoints_total_limit)
+                logged.flush()  # MLflow's history reaches at least as far as the newest checkpoint
+            if (tr.step % cfg.validation_every == 0 or tr.step == cfg.steps) and acc.is_main_process:
+                metrics.update(validate(tr, prompts, run))
+    finally:
+        logged.flush()  # a diverged or interrupted run keeps the losses it had
     bar.close()
     seconds = time.perf_counter() - start
     metrics["steps_per_s"] = (tr.step - first) / seconds if seconds > 0 and tr.step > first else 0.0
     metrics["final_loss"] = sum(v for _, v in tr.losses[-20:]) / max(len(tr.losses[-20:]), 1)
     metrics["resumed_from_step"] = float(first)
     return metrics
+
+
+@dataclass
+class _StepMetrics:
+    """Per-step metrics for MLflow, sent ``every`` steps in one batch rather than one call per step."""
+
+    run: Any
+    every: int = 50
+    pending: list[tuple[int, int, dict]] = field(default_factory=list)
+
+    def add(self, step: int, values: dict) -> None:
+        if self.run is None:
+            return
+        self.pending.append((step, int(time.time() * 1000), values))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.run is not None and self.pending:
+            self.run.log_metric_steps(self.pending)
+        self.pending = []
 
 
 def _trainer_state(tr: Trainer) -> dict:
