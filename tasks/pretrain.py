@@ -163,9 +163,9 @@ def train_vae(vae: Any, images: Any, cfg: Pretrain, seed: int, hflip: bool = Fal
     return {"vae_recon_mse": sum(recent) / max(len(recent), 1)}
 
 
-def encode_pool(vae: Any, images: Any, batch: int = 256, hflip: bool = False) -> tuple[Any, Any]:
+def encode_pool(vae: Any, images: Any, batch: int = 64, hflip: bool = False) -> tuple[Any, Any]:
     """Posterior mean and std of every image, and with ``hflip`` of its mirror image too (computed once: the VAE
-    is frozen while the UNet trains)."""
+    is frozen while the UNet trains). Batches of 64 encode ~1.5x faster than 256 on a 2-core CPU (cache-sized)."""
     import torch
 
     means, stds = [], []
