@@ -63,6 +63,28 @@ def make_record(seed: int, stream: int, index: int, interval: tuple[float, float
                    "right_angle": right, "angle": angle}
 
 
+def _record(seed: int, stream: int, params: Params, job: tuple[int, tuple[float, float]]):
+    return make_record(seed, stream, job[0], job[1], params)
+
+
+def render_records(params: Params, stream: int, jobs: list[tuple[int, tuple[float, float]]],
+                   desc: str) -> list[tuple[Image.Image, dict[str, Any]]]:
+    """``make_record`` of each ``(index, interval)`` in order, shared out over the machine's cores (~3 ms an image:
+    3,640 of them were a third of the demo's first stage on one core). Each image draws from its own seeded
+    generator, so the images do not depend on which process drew them. Forked workers: this stage never loads
+    torch, and where fork does not exist the images are drawn here, one by one."""
+    import multiprocessing
+    import os
+    from functools import partial
+
+    draw = partial(_record, params.seed, stream, params)
+    workers = min(os.cpu_count() or 1, len(jobs) // 64)
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [draw(job) for job in progress(jobs, desc=desc, unit="img")]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(progress(pool.imap(draw, jobs, chunksize=32), desc=desc, total=len(jobs), unit="img"))
+
+
 def labeled_plan(params: Params) -> list[tuple[int, int]]:
     """(image index, class index) of the balanced labeled set: ``per_class`` images of each class."""
     n_classes = len(params.classes)
@@ -103,12 +125,12 @@ def run(params: Params, *, out_dir: Path) -> PhantomOutputs:
     cfg = params.phantom
     labeled, unlabeled = out_dir / "labeled", out_dir / "unlabeled"
     plan = labeled_plan(params)
-    records = [make_record(params.seed, STREAM_LABELED, i, class_interval(k, cfg.thresholds, cfg.angle_range),
-                           params) for i, k in progress(plan, desc="phantom labeled", unit="img")]
+    records = render_records(params, STREAM_LABELED, [
+        (i, class_interval(k, cfg.thresholds, cfg.angle_range)) for i, k in plan], "phantom labeled")
     names = [f"{meta['label']}/hip-{i:05d}.png" for (i, _), (_, meta) in zip(plan, records)]
     lab_df = _write_set(records, labeled, names)
-    pool = [make_record(params.seed, STREAM_UNLABELED, i, cfg.angle_range, params)
-            for i in progress(range(cfg.unlabeled), desc="phantom unlabeled", unit="img")]
+    pool = render_records(params, STREAM_UNLABELED, [(i, cfg.angle_range) for i in range(cfg.unlabeled)],
+                          "phantom unlabeled")
     pool_df = _write_set(pool, unlabeled, [f"pool-{i:05d}.png" for i in range(cfg.unlabeled)])
     # The pool is unlabeled for the loop; angles stay in its metadata for audits only.
     pool_df = pool_df.drop(columns="label") if len(pool_df) else pd.DataFrame(

@@ -37,6 +37,23 @@ def test_run_is_deterministic_by_seed(tmp_path: Path) -> None:
     assert hashes[0] == hashes[1] and hashes[0] != hashes[2]
 
 
+def test_images_drawn_over_several_processes_equal_those_drawn_in_one(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+    import os
+
+    p = make_params(tmp_path / "a", {"phantom": {"per_class": 70, "unlabeled": 130}})  # >= 128 images: 2 workers
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    contexts: list[str] = []
+    get_context = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: contexts.append(method) or get_context(method))
+    shared = tree_hash(phantom.run(p, out_dir=p.paths.phantom).labeled.parent)
+    assert contexts == ["fork", "fork"], "both sets were drawn by worker processes"
+    q = make_params(tmp_path / "b", {"phantom": {"per_class": 70, "unlabeled": 130}})
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # no fork: drawn one by one
+    assert tree_hash(phantom.run(q, out_dir=q.paths.phantom).labeled.parent) == shared
+
+
 def test_run_supports_four_ordered_classes(tmp_path: Path) -> None:
     p = make_params(tmp_path, {"dataset": {"classes": ["1", "2", "3", "4"]},
                                "phantom": {"thresholds": [96, 104, 112], "per_class": 5, "unlabeled": 0}})

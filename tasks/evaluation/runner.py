@@ -57,6 +57,11 @@ def run_job(params: Params, job: Job, test: pd.DataFrame, cache: dict | None = N
     return rows
 
 
+def training_size(job: Job) -> int:
+    """Images a job trains on per epoch (real + synthetic): what its training time grows with."""
+    return len(job.train) + (0 if job.synthetic is None else len(job.synthetic))
+
+
 def run_jobs(params: Params, jobs: Sequence[Job], test: pd.DataFrame, cache: dict,
              stage_models: dict[str, TrainResult]) -> pd.DataFrame:
     """Every job's val/test scores (one row per job × split), each distinct job trained once.
@@ -73,7 +78,8 @@ def run_jobs(params: Params, jobs: Sequence[Job], test: pd.DataFrame, cache: dic
     for j in unique:
         if j.key in stage_models:
             done[j.key] = run_job(params, j, test, cache, stage_models[j.key])
-    todo = [j for j in unique if j.key not in done]
+    # Longest first: the last trainings then are short ones, so neither worker idles long at the end.
+    todo = sorted((j for j in unique if j.key not in done), key=training_size, reverse=True)
     bar = progress(total=len(todo), desc="evaluate trainings", unit="model")
     if workers <= 1:
         for j in todo:
