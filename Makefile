@@ -10,6 +10,10 @@ PIP_TORCH_INDEX ?=
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.synthloop-installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): most of the suite's time is end-to-end loops whose stages spend it importing
+# torch, MLflow and great-expectations on one core; two workers keep both cores busy. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST_XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 export DVC_NO_ANALYTICS=1
 export MLFLOW_DISABLE_TELEMETRY=true
@@ -29,10 +33,10 @@ run: $(STAMP)
 	$(PY) -m flows.cli run
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
 venv: $(STAMP)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,14 @@ REPO = Path(__file__).resolve().parent.parent
 # Prefect's ephemeral API server gets 20 s to start by default; on a loaded 2-core CI machine (several pytest-
 # started flows, dask workers) that is not always enough, and a timeout there says nothing about our code.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# Flow runs of the tests never land in the developer's Prefect history (the Makefile points PREFECT_HOME at the
+# project), and two pytest-xdist workers never share one Prefect database: each test process gets its own home.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="synthloop-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+#: Threads for torch in each test process: the machine's cores shared out over the pytest-xdist workers (`make test`
+#: runs two), so two workers' kernels do not spin against each other.
+TEST_THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", TEST_THREADS)
 
 #: Overrides that make every stage run in seconds on 2 CPU cores.
 SHRINK = {
@@ -46,6 +57,11 @@ def make_params(root: Path, overrides: dict | None = None) -> Params:
     return parse_params(data, "params.yaml (shrunk for tests)")
 
 
+#: Tests that start from the session's finished loop (``completed_loop``): pytest-xdist keeps them on one worker,
+#: which builds that loop once (``make test`` runs ``--dist loadgroup``).
+ON_COMPLETED_LOOP = pytest.mark.xdist_group("completed_loop")
+
+
 @pytest.fixture(scope="session")
 def completed_loop(tmp_path_factory: pytest.TempPathFactory):
     """One project (shrunk params) after a whole `synthloop run`, and that run's output.
@@ -55,8 +71,27 @@ def completed_loop(tmp_path_factory: pytest.TempPathFactory):
     """
     from project import make_project, run_loop
 
+    _built_once_across_workers(tmp_path_factory)
     project = make_project(tmp_path_factory.mktemp("loop") / "proj")
     return project, run_loop(project)
+
+
+def _built_once_across_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under pytest-xdist the tests on ``completed_loop`` must share one worker (``ON_COMPLETED_LOOP``): they walk
+    one copy of it through the re-run matrix in order. If a second worker asks for it, grouping is broken — say so
+    instead of building the loop twice and failing on the order."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return
+    marker = tmp_path_factory.getbasetemp().parent / "completed_loop.built"  # one folder for all workers
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        pytest.fail(f"completed_loop was already built by worker {marker.read_text()}: the tests marked "
+                    "ON_COMPLETED_LOOP were split over workers. Run with `--dist loadgroup` and a pytest that "
+                    "pytest-xdist can group with (pyproject.toml: pytest < 9.2, pytest-dev/pytest-xdist#1386).")
+    os.write(fd, worker.encode())
+    os.close(fd)
 
 
 @pytest.fixture
@@ -75,7 +110,7 @@ def _isolated_tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         # mlflow keeps the URI an earlier test set as process state; the environment alone does not reset it.
         sys.modules["mlflow"].set_tracking_uri(uri)
     monkeypatch.delenv("SYNTHLOOP_PARENT_RUN_ID", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", TEST_THREADS))
 
 
 def free_port() -> int:

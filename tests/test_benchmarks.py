@@ -40,3 +40,42 @@ def test_gpu_scripts_refuse_to_measure_without_cuda(capsys: pytest.CaptureFixtur
         pytest.skip("CUDA present")
     assert gpu_dreambooth.main([]) == 2 and gpu_generate.main([]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_train_speed_times_each_setting_against_the_one_it_replaced() -> None:
+    import bench_train_speed
+
+    out = bench_train_speed.main(["--repeats", "1"])
+    for row in ("adamw", "classifier", "vae_encode"):
+        assert out[f"{row}_speedup"] > 0
+    assert out["adamw_speedup"] == pytest.approx(out["adamw_loop_ms"] / out["adamw_fused_ms"])
+    assert out["classifier_speedup"] == pytest.approx(out["classifier_nchw_ms"] / out["classifier_channels_last_ms"])
+
+
+def test_sampler_steps_compares_settings_with_ddim20_on_the_same_seeds(tmp_path: Path) -> None:
+    import bench_sampler_steps
+
+    from tasks.diffusion.pipeline import save_pipeline
+    from tasks.diffusion.tiny import build_tiny_pipeline
+
+    model = save_pipeline(build_tiny_pipeline(32, 0, words=["small", "big", "hip"]), tmp_path / "model")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"classes": ["small", "big"],
+                                   "instance_prompts": {"small": "photo of zwx small hip", "big": "photo of zwx big hip"},
+                                   "negative_prompts": {"small": "photo of zwx big hip", "big": "photo of zwx small hip"}}))
+    out = bench_sampler_steps.main(["--model", str(model), "--prompts", str(prompts), "--per-class", "2",
+                                    "--settings", "ddim:20", "ddim:3"])
+    rows = {(r["sampler"], r["steps"], r["class"]): r for r in out["results"]}
+    assert set(rows) == {(s, n, c) for s, n in (("ddim", 20), ("ddim", 3)) for c in ("small", "big")}
+    for label in ("small", "big"):
+        # the same seeds at the reference setting give the reference images; fewer steps give other ones
+        assert rows[("ddim", 20, label)]["mean_abs_diff_vs_ddim20"] == 0
+        assert rows[("ddim", 3, label)]["mean_abs_diff_vs_ddim20"] > 0
+        assert rows[("ddim", 3, label)]["s_per_image"] > 0
+
+
+def test_sampler_steps_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import bench_sampler_steps
+
+    out = bench_sampler_steps.main(["--model", str(tmp_path / "none"), "--prompts", str(tmp_path / "p.json")])
+    assert "skipped" in out and "make run" in capsys.readouterr().err

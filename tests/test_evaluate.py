@@ -133,6 +133,8 @@ def test_arms_differ_only_in_data(params, monkeypatch):
 @pytest.mark.slow
 def test_wrong_synthetic_labels_make_the_intended_arm_hurt(params):
     p = _shrunk(params, epochs=15, arms=("real", "real+synthetic_intended"), repeats=5, curve_repeats=0)
+    # 4 wrongly labelled synthetic images per real one (not params.yaml's ratio): the harm must be unmistakable
+    p = p.model_copy(update={"retrain": p.retrain.model_copy(update={"synthetic_ratio": 4.0})})
     out = evaluate.run(p, **_loop(p, n_gen=32, flip=True))
     paired = pd.DataFrame(json.loads(out.summary.read_text())["paired"])
     row = paired[(paired["split"] == "test") & (paired["arm"] == "real+synthetic_intended")].iloc[0]

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ON_COMPLETED_LOOP
 from project import copy_project, dvc, env_for, run_loop
 from tasks.params import STAGES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, ON_COMPLETED_LOOP]
 
 DOWNSTREAM_OF_GENERATE = ["generate", "predict", "review", "retrain", "evaluate"]
 

@@ -22,7 +22,7 @@ from browser import browser_page, chromium  # noqa: F401  (fixtures)
 from project import copy_project, dvc, env_for
 from review_fixtures import decisions
 
-from conftest import free_port
+from conftest import ON_COMPLETED_LOOP, free_port
 from tasks.review.audit import read_audit
 
 REVIEWER = "Dr. Ann O'Neil <vet>"  # stored as typed, shown as text
@@ -95,6 +95,7 @@ def _review_with_the_keyboard(page, url: str, total: int) -> dict[str, tuple[str
 
 @pytest.mark.slow
 @pytest.mark.browser
+@ON_COMPLETED_LOOP
 def test_person_reviews_in_the_browser_and_the_paused_flow_resumes_to_retrain(completed_loop, tmp_path: Path,
                                                                               browser_page):
     port = free_port()
