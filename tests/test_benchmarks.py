@@ -79,3 +79,11 @@ def test_sampler_steps_says_what_is_missing(tmp_path: Path, capsys: pytest.Captu
 
     out = bench_sampler_steps.main(["--model", str(tmp_path / "none"), "--prompts", str(tmp_path / "p.json")])
     assert "skipped" in out and "make run" in capsys.readouterr().err
+
+
+def test_machine_speed_index_times_the_tiny_unet_step() -> None:
+    import bench_machine
+
+    out = bench_machine.main(["--repeats", "2", "--steps", "1"])
+    assert out["unet_step_ms_best"] > 0 and out["unet_step_ms_best"] <= out["unet_step_ms_median"]
+    assert out["matmul_gflops"] > 0
