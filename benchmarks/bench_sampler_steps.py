@@ -20,61 +20,42 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tasks  # noqa: E402,F401  (torchvision guard before diffusers)
+from benchmarks._generator import add_generator_args, fixed_seed_images, load_generator, to_pil  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 REFERENCE = ("ddim", 20)
 
 
 def sample(pipe, prompts: dict, label: str, n: int, steps: int, guidance: float):
     """``n`` fixed-seed images (N, H, W, C in [0, 1]) of ``label``, as generate makes them."""
-    import torch
-
-    from tasks.diffusion.prompts import prompt_embedding
-    from tasks.generation.sampling import initial_latents
-
-    size = pipe.unet.config.sample_size
-    latents = initial_latents([30_000 + i for i in range(n)], (pipe.unet.config.in_channels, size, size))
     negative = prompts.get("negative_prompts", {}).get(label, "")
-    pos, neg = (prompt_embedding(pipe, text).expand(n, -1, -1) for text in (prompts["instance_prompts"][label],
-                                                                             negative))
-    with torch.inference_mode():
-        return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=latents, guidance_scale=guidance,
-                    num_inference_steps=steps, output_type="np").images
+    return fixed_seed_images(pipe, prompts["instance_prompts"][label], negative, n, steps, guidance, 30_000)
 
 
 def as_prompted(images, label: str, params) -> float | None:
     """Share of ``images`` the phantom reference labeler measures as ``label`` (None off the phantom demo)."""
     import numpy as np
-    from PIL import Image
 
     if params.dataset.source != "phantom":
         return None
     from tasks.review.reference import reference_label
 
-    pil = [Image.fromarray((np.nan_to_num(im) * 255).round().clip(0, 255).astype("uint8")) for im in images]
+    pil = to_pil(images)
     return round(float(np.mean([reference_label(im, params) == label for im in pil])), 3)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REPO / "data" / "dreambooth" / "model")
-    ap.add_argument("--prompts", type=Path, default=REPO / "data" / "caption" / "prompts.json")
-    ap.add_argument("--per-class", type=int, default=64)
+    add_generator_args(ap)
     ap.add_argument("--settings", nargs="+", default=["ddim:12", "dpm++:12"], help="sampler:steps to compare")
     args = ap.parse_args(argv or [])
     import numpy as np
 
-    from tasks.diffusion.pipeline import load_pipeline, set_scheduler
-    from tasks.params import load_params
+    from tasks.diffusion.pipeline import set_scheduler
 
-    params = load_params(REPO / "params.yaml")
-    if not (args.model / "model_index.json").is_file() or not args.prompts.is_file():
-        why = f"no trained generator at {args.model} (or no {args.prompts}): run `make run` first"
-        print(f"bench_sampler_steps: skipped, {why}", file=sys.stderr)
-        return {"skipped": why}
-    prompts = json.loads(args.prompts.read_text())
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
+    loaded = load_generator(args, "bench_sampler_steps")
+    if isinstance(loaded, str):
+        return {"skipped": loaded}
+    params, pipe, prompts = loaded
     guidance = params.generate.guidance_scale
     settings = [REFERENCE, *((s.split(":")[0], int(s.split(":")[1])) for s in args.settings)]
     sample(set_scheduler(pipe, "ddim"), prompts, prompts["classes"][0], 2, 2, guidance)  # warm-up

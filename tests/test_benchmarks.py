@@ -52,9 +52,9 @@ def test_train_speed_times_each_setting_against_the_one_it_replaced() -> None:
     assert out["classifier_speedup"] == pytest.approx(out["classifier_nchw_ms"] / out["classifier_channels_last_ms"])
 
 
-def test_sampler_steps_compares_settings_with_ddim20_on_the_same_seeds(tmp_path: Path) -> None:
-    import bench_sampler_steps
-
+@pytest.fixture
+def tiny_generator(tmp_path: Path) -> tuple[Path, Path]:
+    """An untrained tiny pipeline and a two-class prompts.json, laid out as make run leaves them."""
     from tasks.diffusion.pipeline import save_pipeline
     from tasks.diffusion.tiny import build_tiny_pipeline
 
@@ -63,6 +63,13 @@ def test_sampler_steps_compares_settings_with_ddim20_on_the_same_seeds(tmp_path:
     prompts.write_text(json.dumps({"classes": ["small", "big"],
                                    "instance_prompts": {"small": "photo of zwx small hip", "big": "photo of zwx big hip"},
                                    "negative_prompts": {"small": "photo of zwx big hip", "big": "photo of zwx small hip"}}))
+    return model, prompts
+
+
+def test_sampler_steps_compares_settings_with_ddim20_on_the_same_seeds(tiny_generator: tuple[Path, Path]) -> None:
+    import bench_sampler_steps
+
+    model, prompts = tiny_generator
     out = bench_sampler_steps.main(["--model", str(model), "--prompts", str(prompts), "--per-class", "2",
                                     "--settings", "ddim:20", "ddim:3"])
     rows = {(r["sampler"], r["steps"], r["class"]): r for r in out["results"]}
@@ -87,3 +94,22 @@ def test_machine_speed_index_times_the_tiny_unet_step() -> None:
     out = bench_machine.main(["--repeats", "2", "--steps", "1"])
     assert out["unet_step_ms_best"] > 0 and out["unet_step_ms_best"] <= out["unet_step_ms_median"]
     assert out["matmul_gflops"] > 0
+
+
+def test_fidelity_scores_both_negative_arms_per_class(tiny_generator: tuple[Path, Path]) -> None:
+    import bench_fidelity
+
+    model, prompts = tiny_generator
+    out = bench_fidelity.main(["--model", str(model), "--prompts", str(prompts), "--per-class", "2",
+                               "--guidance", "5"])
+    rows = {(r["arm"], r["class"]): r for r in out["results"]}
+    assert set(rows) == {(a, c) for a in ("empty negative", "class negatives") for c in ("small", "big")}
+    for r in rows.values():
+        assert 0 <= r["as_prompted"] <= 1 and 0 <= r["rejected"] <= 1 and r["guidance"] == 5
+
+
+def test_fidelity_says_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import bench_fidelity
+
+    out = bench_fidelity.main(["--model", str(tmp_path / "none"), "--prompts", str(tmp_path / "p.json")])
+    assert "skipped" in out and "bench_fidelity" in capsys.readouterr().err
